@@ -1,0 +1,237 @@
+"""One typed experiment configuration, shared by the DAGs, the step functions and the trainer.
+
+Every field carries its JSON-schema (title, description, bounds, enum, section). The DAG turns that
+schema into Airflow ``Param`` objects, so the trigger form and the REST API validate with exactly the
+rules that :class:`ExperimentConfig` enforces here; defaults live only in this file.
+
+Standard library only: the trainer imports this module inside the TensorFlow environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Chunk tasks are a fixed chain built when the DAG is parsed; a config may use at most this many.
+MAX_CHUNKS = 10
+
+DATASETS = ("digits",)
+PARTITIONS = ("dirichlet", "iid")
+MODELS = ("cnn", "mlp")
+
+
+class Error(Exception):
+    """Base class for configuration errors."""
+
+
+class ConfigError(Error, ValueError):
+    """A configuration value is missing, mistyped, out of range or inconsistent with another."""
+
+
+def _field(default: Any, *, section: str, title: str, description: str, **schema: Any) -> Any:
+    return dataclasses.field(
+        default=default,
+        metadata={"section": section, "title": title, "description": description, **schema},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A complete, validated federated-training experiment. Construct it; it checks itself."""
+
+    # -- data -------------------------------------------------------------------------------
+    dataset: str = _field(
+        "digits", section="Data", title="Dataset", enum=list(DATASETS),
+        description="Source data set. 'digits': scikit-learn's 1,797 handwritten 8x8 digits.",
+    )
+    num_clients: int = _field(
+        20, section="Data", title="Number of clients", minimum=2, maximum=500,
+        description="How many simulated clients the training split is partitioned into.",
+    )
+    partition: str = _field(
+        "dirichlet", section="Data", title="Partition", enum=list(PARTITIONS),
+        description="'dirichlet': non-IID label skew (smaller alpha = more skew); 'iid': uniform.",
+    )
+    dirichlet_alpha: float = _field(
+        0.5, section="Data", title="Dirichlet alpha", exclusiveMinimum=0, maximum=1000,
+        description="Concentration of the per-class Dirichlet split across clients.",
+    )
+    min_examples_per_client: int = _field(
+        10, section="Data", title="Minimum examples per client", minimum=1, maximum=10000,
+        description="Every client gets at least this many training examples (the split is redrawn).",
+    )
+    test_fraction: float = _field(
+        0.2, section="Data", title="Test fraction", minimum=0.05, maximum=0.5,
+        description="Share of examples held out (stratified) as the central test split.",
+    )
+    # -- model and algorithm ----------------------------------------------------------------
+    model: str = _field(
+        "cnn", section="Model", title="Model", enum=list(MODELS),
+        description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer.",
+    )
+    rounds: int = _field(
+        40, section="Algorithm", title="Rounds", minimum=1, maximum=10000,
+        description="Federated rounds to train in total.",
+    )
+    clients_per_round: int = _field(
+        10, section="Algorithm", title="Clients per round", minimum=1, maximum=500,
+        description="Clients sampled uniformly without replacement each round (<= number of clients).",
+    )
+    local_epochs: int = _field(
+        2, section="Algorithm", title="Local epochs", minimum=1, maximum=100,
+        description="Passes over its own data each sampled client makes per round.",
+    )
+    batch_size: int = _field(
+        20, section="Algorithm", title="Batch size", minimum=1, maximum=4096,
+        description="Client mini-batch size.",
+    )
+    client_learning_rate: float = _field(
+        0.1, section="Algorithm", title="Client learning rate", exclusiveMinimum=0, maximum=10,
+        description="Learning rate of the clients' SGD.",
+    )
+    server_learning_rate: float = _field(
+        1.0, section="Algorithm", title="Server learning rate", exclusiveMinimum=0, maximum=10,
+        description="Learning rate of the server's SGD on the averaged update (1.0 = plain FedAvg).",
+    )
+    seed: int = _field(
+        0, section="Algorithm", title="Seed", minimum=0, maximum=2**31 - 1,
+        description="Derives partition, initial weights, client sampling and shuffling per round.",
+    )
+    # -- chunks, evaluation, tracking -------------------------------------------------------
+    rounds_per_chunk: int = _field(
+        20, section="Chunks and tracking", title="Rounds per chunk", minimum=1, maximum=10000,
+        description=f"Rounds one training task runs; at most {MAX_CHUNKS} chunks per run.",
+    )
+    eval_every: int = _field(
+        5, section="Chunks and tracking", title="Evaluate every k rounds", minimum=1, maximum=10000,
+        description="Central test-set evaluation every k rounds (and always after the last round).",
+    )
+    keep_checkpoints: int = _field(
+        3, section="Chunks and tracking", title="Checkpoints kept", minimum=1, maximum=100,
+        description="How many of the newest per-round checkpoints to keep.",
+    )
+    chunk_timeout_minutes: int = _field(
+        60, section="Chunks and tracking", title="Chunk timeout (minutes)", minimum=1, maximum=1440,
+        description="A chunk's trainer process is killed (with all its children) after this long.",
+    )
+    experiment_name: str = _field(
+        "fedflow", section="Chunks and tracking", title="MLflow experiment",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-/]{0,99}$",
+        description="MLflow experiment that receives the run.",
+    )
+    registered_model_name: str = _field(
+        "fedflow-digits", section="Chunks and tracking", title="Registered model name",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
+        description="Model-registry name the final model is registered under (alias 'latest').",
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round must be <= num_clients ({self.num_clients}). "
+                f"Got {self.clients_per_round}. Fix: lower clients_per_round or raise num_clients."
+            )
+        if self.num_chunks > MAX_CHUNKS:
+            needed = math.ceil(self.rounds / MAX_CHUNKS)
+            raise ConfigError(
+                f"rounds_per_chunk: {self.rounds} rounds in chunks of {self.rounds_per_chunk} need "
+                f"{self.num_chunks} chunks, but the DAG has {MAX_CHUNKS}. "
+                f"Got rounds_per_chunk={self.rounds_per_chunk}. Fix: set rounds_per_chunk >= {needed}."
+            )
+
+    # -- chunk plan ---------------------------------------------------------------------------
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.rounds / self.rounds_per_chunk)
+
+    def chunk_target_round(self, chunk_index: int) -> int | None:
+        """The round chunk ``chunk_index`` brings the run to, or None when the plan needs no such chunk."""
+        if chunk_index < 0:
+            raise ConfigError(f"chunk_index must be >= 0. Got {chunk_index}.")
+        if chunk_index >= self.num_chunks:
+            return None
+        return min(self.rounds, (chunk_index + 1) * self.rounds_per_chunk)
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ExperimentConfig:
+        """Builds a config from params; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown parameter(s) {unknown}. Expected a subset of {sorted(known)}. "
+                "Fix: check the spelling against the DAG's trigger form."
+            )
+        return cls(**dict(values))
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read_json(cls, path: Path) -> ExperimentConfig:
+        return cls.from_mapping(json.loads(Path(path).read_text()))
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _python_type(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(ExperimentConfig)
+    return hints[f.name]
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """Returns ``value`` coerced to the field's type, or raises ConfigError naming the field."""
+    meta = f.metadata
+    kind = _python_type(f)
+    name = f.name
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(
+            f"{name} must be of type {_JSON_TYPES[kind]}. Got {value!r} ({type(value).__name__})."
+        )
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number. Got {value!r}.")
+    bounds = _describe_bounds(meta)
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{name} must be {bounds}. Got {value!r}.")
+    if "exclusiveMinimum" in meta and value <= meta["exclusiveMinimum"]:
+        raise ConfigError(f"{name} must be {bounds}. Got {value!r}.")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ConfigError(f"{name} must be {bounds}. Got {value!r}.")
+    if "enum" in meta and value not in meta["enum"]:
+        raise ConfigError(f"{name} must be one of {meta['enum']}. Got {value!r}.")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(f"{name} must match {meta['pattern']!r}. Got {value!r}.")
+    return value
+
+
+def _describe_bounds(meta: Mapping[str, Any]) -> str:
+    low = (
+        f"> {meta['exclusiveMinimum']}" if "exclusiveMinimum" in meta
+        else f">= {meta['minimum']}" if "minimum" in meta else ""
+    )
+    high = f"<= {meta['maximum']}" if "maximum" in meta else ""
+    return " and ".join(part for part in (low, high) if part)
+
+
+def param_schemas() -> dict[str, dict[str, Any]]:
+    """JSON-schema of every field with its default: the input to the DAG's ``Param`` objects."""
+    schemas = {}
+    for f in dataclasses.fields(ExperimentConfig):
+        schema = {"type": _JSON_TYPES[_python_type(f)], **f.metadata}
+        schemas[f.name] = {"default": f.default, **schema}
+    return schemas

@@ -1,0 +1,48 @@
+"""Keras models for the staged image data sets (8x8 digits and alike)."""
+
+from __future__ import annotations
+
+import collections
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+
+def build_keras_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> tf.keras.Model:
+    """An uncompiled Keras model that outputs logits. Seed TF before calling for fixed initial weights."""
+    layers = tf.keras.layers
+    if name == "cnn":
+        body = [
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPool2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPool2D(),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+        ]
+    elif name == "mlp":
+        body = [layers.Flatten(), layers.Dense(128, activation="relu")]
+    else:
+        raise ValueError(f"model must be 'cnn' or 'mlp'. Got {name!r}.")
+    return tf.keras.Sequential([layers.Input(input_shape), *body, layers.Dense(num_classes)], name=name)
+
+
+def loss_fn() -> tf.keras.losses.Loss:
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def tff_model_fn(name: str, input_shape: tuple[int, ...], num_classes: int):
+    """A no-argument constructor of the TFF model, as ``tff.learning`` algorithms expect."""
+    input_spec = collections.OrderedDict(
+        x=tf.TensorSpec([None, *input_shape], tf.float32), y=tf.TensorSpec([None], tf.int64)
+    )
+
+    def model_fn() -> tff.learning.models.VariableModel:
+        return tff.learning.models.from_keras_model(
+            build_keras_model(name, input_shape, num_classes),
+            loss=loss_fn(),
+            input_spec=input_spec,
+            metrics=[tf.keras.metrics.SparseCategoricalAccuracy()],
+        )
+
+    return model_fn

@@ -1,0 +1,195 @@
+"""The training program: bring a run to round k, and export its final model.
+
+Reads top to bottom: config -> data -> learning process -> checkpoints -> loop. Every round is a
+function of (seed, round): the sampled clients, each client's shuffling and the initial weights are
+derived from the experiment seed, so a run resumed from any checkpoint ends with the weights of an
+uninterrupted one. Per round, the metrics row is appended before the checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tasks import atomic, metrics_log, shards
+from tasks.checkpoints import CheckpointStore
+from tasks.config import ExperimentConfig
+from tasks.paths import RunPaths
+from trainer import lifecycle, models
+
+log = logging.getLogger("fedflow.trainer")
+
+
+class Error(Exception):
+    """Base class for trainer errors."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run needs, built once per trainer process."""
+
+    cfg: ExperimentConfig
+    paths: RunPaths
+    manifest: shards.Manifest
+    process: tff.learning.templates.LearningProcess
+    eval_model: tf.keras.Model
+    checkpoints: CheckpointStore
+
+
+def load_experiment(run_dir: Path) -> Experiment:
+    paths = RunPaths(Path(run_dir))
+    cfg = ExperimentConfig.read_json(paths.config)
+    manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
+    input_shape, num_classes = manifest.x_feature.shape, manifest.num_classes
+    # TFF traces model_fn while building the process; build it before any other Keras model.
+    process = tff.learning.algorithms.build_weighted_fed_avg(
+        models.tff_model_fn(cfg.model, input_shape, num_classes),
+        client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=cfg.client_learning_rate),
+        server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate),
+    )
+    eval_model = models.build_keras_model(cfg.model, input_shape, num_classes)
+    return Experiment(cfg, paths, manifest, process, eval_model, CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints))
+
+
+def initial_state(exp: Experiment):
+    """Round-0 state with initial weights drawn from the experiment seed (not TFF's unseeded init)."""
+    state = exp.process.initialize()
+    tf.keras.utils.set_random_seed(exp.cfg.seed)
+    seeded = models.build_keras_model(exp.cfg.model, exp.manifest.x_feature.shape, exp.manifest.num_classes)
+    weights = tff.learning.models.ModelWeights(
+        trainable=[v.numpy() for v in seeded.trainable_weights],
+        non_trainable=[v.numpy() for v in seeded.non_trainable_weights],
+    )
+    return exp.process.set_model_weights(state, weights)
+
+
+def restore_or_start(exp: Experiment):
+    """Returns (state, round) from the newest valid checkpoint, or round 0 (saved before training)."""
+    latest = exp.checkpoints.load_latest()
+    if latest is None:
+        state = initial_state(exp)
+        exp.checkpoints.save(0, tf.nest.flatten(state))
+        log.info("Starting a new run at round 0 (seed %d)", exp.cfg.seed)
+        return state, 0
+    template = exp.process.initialize()
+    state = tf.nest.pack_sequence_as(template, latest.leaves)
+    log.info("Resuming from round %d", latest.round_num)
+    return state, latest.round_num
+
+
+def sample_clients(seed: int, round_num: int, client_ids: list[str], k: int) -> list[str]:
+    rng = np.random.default_rng([seed, round_num, 1])
+    return [client_ids[i] for i in np.sort(rng.choice(len(client_ids), size=k, replace=False))]
+
+
+def client_dataset(exp: Experiment, client: shards.ClientExamples, client_index: int, round_num: int) -> tf.data.Dataset:
+    """The client's examples for one round: ``local_epochs`` seeded shuffles, then batched."""
+    rng = np.random.default_rng([exp.cfg.seed, round_num, 2, client_index])
+    order = np.concatenate([rng.permutation(len(client.y)) for _ in range(exp.cfg.local_epochs)])
+    return tf.data.Dataset.from_tensor_slices(
+        collections.OrderedDict(x=client.x[order], y=client.y[order])
+    ).batch(exp.cfg.batch_size)
+
+
+def evaluate_central(exp: Experiment, state, test: shards.ClientExamples) -> dict[str, float]:
+    exp.process.get_model_weights(state).assign_weights_to(exp.eval_model)
+    logits = exp.eval_model(test.x, training=False)
+    loss = float(models.loss_fn()(test.y, logits))
+    accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == test.y))
+    return {"test_loss": loss, "test_accuracy": accuracy}
+
+
+def train_until_round(run_dir: Path, until_round: int) -> int:
+    """Brings the run in ``run_dir`` to ``until_round``; idempotent. Returns the round reached."""
+    exp = load_experiment(run_dir)
+    cfg = exp.cfg
+    if not 1 <= until_round <= cfg.rounds:
+        raise Error(f"until_round must be in [1, rounds={cfg.rounds}]. Got {until_round}.")
+    state, round_num = restore_or_start(exp)
+    dropped = metrics_log.truncate_after(exp.paths.metrics, round_num)
+    if dropped:
+        log.info("Dropped %d metrics rows written after the checkpoint of round %d", dropped, round_num)
+    if round_num >= until_round:
+        log.info("Already at round %d >= %d; nothing to do", round_num, until_round)
+        return round_num
+
+    client_ids = exp.manifest.client_ids("train")
+    clients = {cid: exp.manifest.read_client("train", cid) for cid in client_ids}
+    index = {cid: i for i, cid in enumerate(client_ids)}
+    test = exp.manifest.read_split("test")
+    for round_num in range(round_num + 1, until_round + 1):
+        start = time.perf_counter()
+        sampled = sample_clients(cfg.seed, round_num, client_ids, cfg.clients_per_round)
+        datasets = [client_dataset(exp, clients[cid], index[cid], round_num) for cid in sampled]
+        output = exp.process.next(state, datasets)
+        state = output.state
+        train = output.metrics["client_work"]["train"]
+        row = {
+            "round": round_num,
+            "train_loss": float(train["loss"]),
+            "train_accuracy": float(train["sparse_categorical_accuracy"]),
+            "train_examples": int(train["num_examples"]),
+            "clients_sampled": len(sampled),
+            "update_non_finite": int(output.metrics["finalizer"]["update_non_finite"]),
+        }
+        if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
+            row.update(evaluate_central(exp, state, test))
+        row["round_seconds"] = time.perf_counter() - start
+        row["wall_time"] = time.time()
+        metrics_log.append_row(exp.paths.metrics, row)
+        exp.checkpoints.save(round_num, tf.nest.flatten(state))
+        log.info(
+            "round %d/%d loss=%.4f accuracy=%.4f%s seconds=%.2f",
+            round_num, cfg.rounds, row["train_loss"], row["train_accuracy"],
+            f" test_accuracy={row['test_accuracy']:.4f}" if "test_accuracy" in row else "", row["round_seconds"],
+        )
+        lifecycle.maybe_inject_fault(round_num)
+    return round_num
+
+
+def export_model(run_dir: Path) -> dict:
+    """Evaluates the final state on the test split and saves it as an MLflow TensorFlow model."""
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    exp = load_experiment(run_dir)
+    latest = exp.checkpoints.load_latest()
+    if latest is None or latest.round_num != exp.cfg.rounds:
+        reached = None if latest is None else latest.round_num
+        raise Error(f"The run has reached round {reached} of {exp.cfg.rounds}; train all rounds before exporting.")
+    state = tf.nest.pack_sequence_as(exp.process.initialize(), latest.leaves)
+    test = exp.manifest.read_split("test")
+    metrics = evaluate_central(exp, state, test)
+
+    tmp = exp.paths.root / f".model-{uuid.uuid4().hex[:8]}"
+    example = test.x[:5]
+    mlflow.tensorflow.save_model(
+        exp.eval_model,
+        tmp,
+        signature=infer_signature(example, exp.eval_model(example).numpy()),
+        # Stated, not inferred: inference reloads the model in a subprocess (~15 s).
+        pip_requirements=[f"tensorflow=={tf.__version__}"],
+    )
+    old = exp.paths.root / f".model-old-{uuid.uuid4().hex[:8]}"
+    if exp.paths.model.exists():
+        exp.paths.model.rename(old)
+    tmp.rename(exp.paths.model)
+    shutil.rmtree(old, ignore_errors=True)
+    final = {
+        "round": latest.round_num,
+        **metrics,
+        "num_parameters": int(sum(np.prod(v.shape) for v in exp.eval_model.weights)),
+        "test_examples": int(len(test.y)),
+    }
+    atomic.write_json(exp.paths.final, final)
+    log.info("Exported the round-%d model to %s: %s", latest.round_num, exp.paths.model, final)
+    return final
