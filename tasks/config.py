@@ -128,7 +128,7 @@ class ExperimentConfig:
     registered_model_name: str = _field(
         "fedflow-digits", section="Chunks and tracking", title="Registered model name",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
-        description="Model-registry name the final model is registered under (alias 'latest').",
+        description="Model-registry name the final model is registered under (alias 'candidate').",
     )
 
     def __post_init__(self) -> None:

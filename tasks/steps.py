@@ -1,0 +1,135 @@
+"""The steps of one experiment, as the DAG calls them: resolve -> stage -> validate -> train chunks
+-> evaluate and register. Each step takes the run handle ``{"run_dir": ...}`` returned by
+:func:`resolve`, reads the frozen config from the run directory, and returns a small JSON-able dict.
+No Airflow here: the DAG file only wires these together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks import atomic, launch, paths, shards, tracking
+from tasks import stage as staging
+from tasks import validate as validation
+from tasks.checkpoints import CheckpointStore
+from tasks.config import ConfigError, ExperimentConfig
+from tasks.paths import RunPaths
+
+log = logging.getLogger(__name__)
+EXPORT_TIMEOUT_S = 30 * 60
+
+
+def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str) -> dict[str, str]:
+    """Validates ``params``, freezes the config in the run directory and opens the MLflow run.
+
+    The run directory is keyed by the Airflow run id: a retry resumes its own run, and a new DAG run
+    never picks up another run's checkpoints by accident.
+    """
+    cfg = ExperimentConfig.from_mapping(params)
+    run = RunPaths.for_run(run_id)
+    run.root.mkdir(parents=True, exist_ok=True)
+    if run.config.exists():
+        if ExperimentConfig.read_json(run.config) != cfg:
+            raise ConfigError(
+                f"Run directory {run.root} already holds a different config. "
+                "Fix: trigger a new DAG run instead of reusing this run id."
+            )
+    else:
+        atomic.write_json(run.config, cfg.to_dict())
+    mlflow_run = tracking.start_run(cfg, run, tags={"airflow.dag_id": dag_id, "airflow.run_id": run_id})
+    tracking.log_artifact(run, run.config)
+    log.info("Run %s: %d rounds in %d chunk(s); run directory %s", run_id, cfg.rounds, cfg.num_chunks, run.root)
+    return {"run_dir": str(run.root), "mlflow_run_id": mlflow_run}
+
+
+def load(handle: Mapping[str, str]) -> tuple[ExperimentConfig, RunPaths]:
+    run = RunPaths(Path(handle["run_dir"]))
+    return ExperimentConfig.read_json(run.config), run
+
+
+def stage(handle: Mapping[str, str]) -> dict[str, Any]:
+    cfg, run = load(handle)
+    staged = staging.stage_dataset(cfg)
+    atomic.write_json(run.staged, {"path": str(staged.path), "fingerprint": staged.fingerprint})
+    tracking.set_tags(
+        run,
+        {"fedflow.dataset": cfg.dataset, "fedflow.dataset_fingerprint": staged.fingerprint,
+         "fedflow.staged_path": str(staged.path)},
+    )
+    tracking.log_artifact(run, staged.path / shards.MANIFEST, "data")
+    train = staged.manifest.data["splits"]["train"]
+    return {"path": str(staged.path), "fingerprint": staged.fingerprint, "reused": staged.reused,
+            "clients": len(train["clients"]), "train_examples": train["num_examples"]}
+
+
+def validate(handle: Mapping[str, str]) -> dict[str, Any]:
+    """Raises DataValidationError, listing every problem, when the staged data fails validation."""
+    cfg, run = load(handle)
+    manifest = shards.Manifest.read(Path(atomic.read_json(run.staged)["path"]))
+    report = validation.validate_staged(manifest, cfg)
+    atomic.write_json(run.validation, report.to_dict())
+    tracking.log_artifact(run, run.validation, "data")
+    tracking.set_tags(run, {"fedflow.validation": "passed" if report.success else "failed"})
+    if not report.success:
+        raise validation.DataValidationError(
+            f"Staged data set {manifest.root} failed validation:\n- " + "\n- ".join(report.problems())
+            + "\nFix: re-stage the data set (delete the directory) or correct the source."
+        )
+    log.info("Validation passed: %s", report.statistics)
+    return {"success": True, **report.statistics}
+
+
+def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:
+    """Brings the run to this chunk's target round; streams metrics into MLflow meanwhile.
+
+    Idempotent: a chunk whose target the newest checkpoint has reached does nothing but re-sync.
+    Returns ``status``: ``not-needed`` (the plan has fewer chunks), ``done`` or ``trained``.
+    """
+    cfg, run = load(handle)
+    target = cfg.chunk_target_round(chunk_index)
+    if target is None:
+        return {"status": "not-needed", "chunk": chunk_index, "chunks": cfg.num_chunks}
+    reached = CheckpointStore(run.checkpoints, keep=cfg.keep_checkpoints).latest_round()
+    if reached is not None and reached >= target:
+        tracking.sync_metrics(run)
+        return {"status": "done", "chunk": chunk_index, "round": reached}
+    log.info("Chunk %d: bringing the run from round %s to %d", chunk_index, reached or 0, target)
+    launch.run_trainer(
+        ["train", "--run-dir", str(run.root), "--until-round", str(target)],
+        log_path=run.chunk_log(chunk_index),
+        timeout_s=cfg.chunk_timeout_minutes * 60,
+        on_poll=lambda: tracking.sync_metrics(run),
+    )
+    synced = tracking.sync_metrics(run)
+    tracking.log_artifact(run, run.chunk_log(chunk_index), "logs")
+    return {"status": "trained", "chunk": chunk_index, "round": target, "rounds_synced_at_end": synced}
+
+
+def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
+    """Exports and evaluates the final model (TFF env), logs and registers it, closes the MLflow run."""
+    cfg, run = load(handle)
+    final = atomic.read_json(run.final) if run.final.exists() and run.model.exists() else None
+    if final is None or final["round"] != cfg.rounds:
+        launch.run_trainer(["export", "--run-dir", str(run.root)], log_path=run.export_log, timeout_s=EXPORT_TIMEOUT_S)
+        final = atomic.read_json(run.final)
+    tracking.sync_metrics(run)
+    for path, artifact_path in ((run.metrics, None), (run.final, None), (run.export_log, "logs")):
+        tracking.log_artifact(run, path, artifact_path)
+    model = tracking.log_and_register_model(run, cfg, final)
+    tracking.finish_run(run)
+    summary = {
+        "mlflow_run_id": tracking.run_id(run),
+        "experiment": cfg.experiment_name,
+        "tracking_uri": paths.tracking_uri(),
+        "rounds": cfg.rounds,
+        "final_test_accuracy": final["test_accuracy"],
+        "final_test_loss": final["test_loss"],
+        **{k: model[k] for k in ("registered_model_name", "version", "model_uri")},
+        "run_dir": str(run.root),
+    }
+    atomic.write_json(run.summary, summary)
+    log.info("Summary: %s", summary)
+    return summary

@@ -1,0 +1,150 @@
+"""Everything fedflow writes to MLflow goes through this module (Airflow side only).
+
+One MLflow run per DAG run, created once and remembered in the run directory (``mlflow_run.json``),
+so retried tasks log into the same run. Metrics come from ``metrics.jsonl`` (the source of truth) and
+are synced idempotently: a round already in MLflow is never logged twice, an MLflow outage loses
+nothing (the next sync catches up).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from tasks import atomic, metrics_log, paths
+from tasks.config import ExperimentConfig
+from tasks.paths import RunPaths
+
+log = logging.getLogger(__name__)
+# Logged last in every round's batch: its history says which rounds MLflow already has.
+ROUND_MARKER = "round_seconds"
+MODEL_ALIAS = "candidate"
+_NOT_METRICS = {"round", "wall_time"}
+
+
+def client() -> MlflowClient:
+    uri = paths.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        paths.mlruns_dir().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(c: MlflowClient, name: str) -> str:
+    existing = c.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    embedded = paths.tracking_uri().startswith("sqlite:///")
+    try:
+        return c.create_experiment(name, artifact_location=f"{paths.artifact_root()}/{name}" if embedded else None)
+    except MlflowException:  # created concurrently by another run
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def run_id(run: RunPaths) -> str:
+    return atomic.read_json(run.mlflow_run)["run_id"]
+
+
+def start_run(cfg: ExperimentConfig, run: RunPaths, *, tags: Mapping[str, str]) -> str:
+    """Creates the MLflow run of this DAG run, or returns the one created by an earlier try."""
+    if run.mlflow_run.exists():
+        return run_id(run)
+    c = client()
+    all_tags = {"mlflow.runName": run.root.name, "fedflow.git_sha": _git_sha(), **tags}
+    created = c.create_run(experiment_id(c, cfg.experiment_name), tags=all_tags)
+    rid = created.info.run_id
+    c.log_batch(rid, params=[Param(k, str(v)) for k, v in sorted(cfg.to_dict().items())])
+    atomic.write_json(run.mlflow_run, {"run_id": rid, "tracking_uri": paths.tracking_uri()})
+    log.info("MLflow run %s in experiment %r (%s)", rid, cfg.experiment_name, paths.tracking_uri())
+    return rid
+
+
+def set_tags(run: RunPaths, tags: Mapping[str, str]) -> None:
+    client().log_batch(run_id(run), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_artifact(run: RunPaths, path: Path, artifact_path: str | None = None) -> None:
+    if Path(path).exists():
+        client().log_artifact(run_id(run), str(path), artifact_path)
+
+
+def sync_metrics(run: RunPaths) -> int:
+    """Logs every round of ``metrics.jsonl`` that MLflow does not have yet; returns how many."""
+    c, rid = client(), run_id(run)
+    logged = {m.step for m in c.get_metric_history(rid, ROUND_MARKER)}
+    batch: list[Metric] = []
+    new_rounds = 0
+    for row in metrics_log.read_rows(run.metrics):
+        if row["round"] in logged:
+            continue
+        batch.extend(round_metrics(row))
+        new_rounds += 1
+        if len(batch) > 900:  # MLflow accepts at most 1000 metrics per batch
+            c.log_batch(rid, metrics=batch)
+            batch = []
+    if batch:
+        c.log_batch(rid, metrics=batch)
+    return new_rounds
+
+
+def round_metrics(row: Mapping[str, Any]) -> list[Metric]:
+    timestamp = int(row.get("wall_time", time.time()) * 1000)
+    values = [
+        Metric(key, float(value), timestamp, int(row["round"]))
+        for key, value in sorted(row.items())
+        if key not in _NOT_METRICS and key != ROUND_MARKER and isinstance(value, (int, float))
+    ]
+    return [*values, Metric(ROUND_MARKER, float(row[ROUND_MARKER]), timestamp, int(row["round"]))]
+
+
+def log_and_register_model(run: RunPaths, cfg: ExperimentConfig, final: Mapping[str, Any]) -> dict[str, Any]:
+    """Logs the exported model as an MLflow LoggedModel and registers it (alias ``candidate``)."""
+    registered = run.root / "registered.json"
+    if registered.exists():  # an earlier try got this far
+        return atomic.read_json(registered)
+    c, rid = client(), run_id(run)
+    model = c.create_logged_model(
+        experiment_id=c.get_run(rid).info.experiment_id,
+        name="model",
+        source_run_id=rid,
+        model_type="tensorflow",
+        params={k: str(v) for k, v in cfg.to_dict().items()},
+    )
+    c.log_model_artifacts(model.model_id, str(run.model))
+    c.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    c.log_batch(rid, metrics=[Metric(f"final_{k}", float(final[k]), int(time.time() * 1000), int(final["round"]))
+                              for k in ("test_accuracy", "test_loss")])
+    version = mlflow.register_model(f"models:/{model.model_id}", cfg.registered_model_name)
+    c.set_registered_model_alias(cfg.registered_model_name, MODEL_ALIAS, version.version)
+    info = {
+        "model_id": model.model_id,
+        "model_uri": f"models:/{cfg.registered_model_name}@{MODEL_ALIAS}",
+        "registered_model_name": cfg.registered_model_name,
+        "version": str(version.version),
+        "download_uri": c.get_model_version_download_uri(cfg.registered_model_name, version.version),
+    }
+    atomic.write_json(registered, info)
+    return info
+
+
+def finish_run(run: RunPaths, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id(run), status)
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=paths.PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
