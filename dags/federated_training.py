@@ -23,8 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from tasks.config import MAX_CHUNKS, param_schemas
 

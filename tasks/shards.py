@@ -95,7 +95,7 @@ def _client_table(client: ClientExamples, x_feature: Feature, schema: pa.Schema)
 
 def _label_counts(y: np.ndarray) -> dict[str, int]:
     labels, counts = np.unique(y, return_counts=True)
-    return {str(int(label)): int(count) for label, count in zip(labels, counts)}
+    return {str(int(label)): int(count) for label, count in zip(labels, counts, strict=True)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,19 +114,19 @@ def train_until_round(run_dir: Path, until_round: int) -> int:
     cfg = exp.cfg
     if not 1 <= until_round <= cfg.rounds:
         raise Error(f"until_round must be in [1, rounds={cfg.rounds}]. Got {until_round}.")
-    state, round_num = restore_or_start(exp)
-    dropped = metrics_log.truncate_after(exp.paths.metrics, round_num)
+    state, start_round = restore_or_start(exp)
+    dropped = metrics_log.truncate_after(exp.paths.metrics, start_round)
     if dropped:
-        log.info("Dropped %d metrics rows written after the checkpoint of round %d", dropped, round_num)
-    if round_num >= until_round:
-        log.info("Already at round %d >= %d; nothing to do", round_num, until_round)
-        return round_num
+        log.info("Dropped %d metrics rows written after the checkpoint of round %d", dropped, start_round)
+    if start_round >= until_round:
+        log.info("Already at round %d >= %d; nothing to do", start_round, until_round)
+        return start_round
 
     client_ids = exp.manifest.client_ids("train")
     clients = {cid: exp.manifest.read_client("train", cid) for cid in client_ids}
     index = {cid: i for i, cid in enumerate(client_ids)}
     test = exp.manifest.read_split("test")
-    for round_num in range(round_num + 1, until_round + 1):
+    for round_num in range(start_round + 1, until_round + 1):
         start = time.perf_counter()
         sampled = sample_clients(cfg.seed, round_num, client_ids, cfg.clients_per_round)
         datasets = [client_dataset(exp, clients[cid], index[cid], round_num) for cid in sampled]
@@ -153,7 +153,7 @@ def train_until_round(run_dir: Path, until_round: int) -> int:
             f" test_accuracy={row['test_accuracy']:.4f}" if "test_accuracy" in row else "", row["round_seconds"],
         )
         lifecycle.maybe_inject_fault(round_num)
-    return round_num
+    return until_round
 
 
 def export_model(run_dir: Path) -> dict:

@@ -1,0 +1,52 @@
+"""Prints the summary of the newest finished run: ``python -m tasks.report [--run-dir D]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tasks import atomic, paths
+
+
+def newest_summary() -> Path | None:
+    found = sorted(paths.runs_root().glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def render(summary: dict, seconds: int | None = None) -> str:
+    took = f" in {seconds // 60} min {seconds % 60} s" if seconds is not None else ""
+    return "\n".join(
+        [
+            "",
+            f"fedflow: {summary['rounds']} rounds of federated averaging finished{took}.",
+            f"  final test accuracy  {summary['final_test_accuracy']:.4f}   (test loss {summary['final_test_loss']:.4f})",
+            f"  MLflow run           {summary['mlflow_run_id']}  (experiment {summary['experiment']!r})",
+            f"  tracking URI         {summary['tracking_uri']}",
+            f"  registered model     {summary['registered_model_name']} version {summary['version']}"
+            f"  ->  {summary['model_uri']}",
+            f"  run directory        {summary['run_dir']}",
+            "",
+            "Look at it:",
+            "  make mlflow-ui    # MLflow on http://127.0.0.1:5000 (runs, per-round metrics, the model)",
+            "  make airflow-ui   # Airflow on http://127.0.0.1:8080 (the DAG run, task logs)",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run-dir", type=Path)
+    parser.add_argument("--seconds", type=int, help="wall time to report")
+    args = parser.parse_args(argv)
+    path = args.run_dir / "summary.json" if args.run_dir else newest_summary()
+    if path is None or not path.exists():
+        print(f"No finished run under {paths.runs_root()}. Fix: run `make demo`.", file=sys.stderr)
+        return 1
+    print(render(atomic.read_json(path), args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
