@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import psutil
+
 from tasks import paths
 
 log = logging.getLogger(__name__)
@@ -115,12 +117,22 @@ def _wait_group_gone(pgid: int, seconds: float, proc: subprocess.Popen) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         proc.poll()  # reap the leader so it does not linger as a zombie group member
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not _live_group_members(pgid):
             return True
         time.sleep(0.1)
     return False
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Members of the group that are not zombies (orphans wait for an init that may never reap them)."""
+    alive = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive
 
 
 @contextlib.contextmanager
