@@ -199,6 +199,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     name = f.name
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON (and the trigger form's schema) does not tell 5.0 from 5
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ConfigError(
             f"{name} must be of type {_JSON_TYPES[kind]}. Got {value!r} ({type(value).__name__})."

@@ -168,6 +168,8 @@ def _observed(result: dict[str, Any]) -> str:
     if "unexpected_count" in result and result.get("unexpected_count"):
         sample = result.get("partial_unexpected_list", [])[:5]
         return f"{result['unexpected_count']} unexpected values, e.g. {sample}"
+    if result.get("missing_count"):  # e.g. expect_column_distinct_values_to_contain_set
+        return f"{result['missing_count']} missing values: {result.get('partial_missing_list', [])[:20]}"
     if result.get("observed_value") is not None:
         return f"observed {result['observed_value']}"
     return "ok"

@@ -9,7 +9,8 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER_BINARY = "tensorflow_federated/data/worker_binary"
+# TFF starts it as .../tensorflow_federated/python/core/impl/executor_stacks/../../../../data/worker_binary
+WORKER_BINARY = "data/worker_binary"
 
 
 def live_processes(fragment: str) -> set[int]:

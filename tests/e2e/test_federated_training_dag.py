@@ -1,0 +1,116 @@
+"""The whole chain through Airflow: `airflow dags test federated_training`, then MLflow and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import shards
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+CONF = {
+    "num_clients": 8, "clients_per_round": 4, "min_examples_per_client": 10, "rounds": 4, "rounds_per_chunk": 2,
+    "eval_every": 2, "local_epochs": 1, "experiment_name": "e2e", "registered_model_name": "e2e-digits",
+}
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("airflow-e2e")
+    env = {**os.environ, "AIRFLOW_HOME": str(base / "airflow"), "FEDFLOW_DATA_DIR": str(base / "data"),
+           "FEDFLOW_MLRUNS_DIR": str(base / "mlruns")}
+    for name in ("MLFLOW_TRACKING_URI", "FEDFLOW_FAULT"):
+        env.pop(name, None)
+    return env
+
+
+def airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess:
+    with open(log, "w") as out:  # a file, never a pipe: see DESIGN.md on worker_binary
+        return subprocess.run([str(ROOT / "scripts" / "airflow"), *args], env=env, stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def dag_run(airflow_env, tmp_path_factory) -> dict:
+    log = tmp_path_factory.mktemp("logs") / "dags-test.log"
+    done = airflow(airflow_env, "dags", "test", "federated_training", "-c", json.dumps(CONF), log=log)
+    assert done.returncode == 0, log.read_text()[-5000:]
+    [summary] = Path(airflow_env["FEDFLOW_DATA_DIR"], "runs").glob("*/summary.json")
+    return json.loads(summary.read_text())
+
+
+def mlflow_client(env: dict[str, str]):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{env['FEDFLOW_MLRUNS_DIR']}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_every_round_is_in_mlflow_exactly_once_with_lineage_tags(dag_run, airflow_env, no_leaked_workers):
+    c = mlflow_client(airflow_env)
+    run = c.get_run(dag_run["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["airflow.dag_id"] == "federated_training"
+    assert run.data.tags["airflow.run_id"].startswith("manual__")
+    assert len(run.data.tags["fedflow.dataset_fingerprint"]) == 20
+    assert run.data.params["rounds"] == "4" and run.data.params["clients_per_round"] == "4"
+    for key in ("train_loss", "train_accuracy", "round_seconds", "clients_sampled"):
+        assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
+    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "test_accuracy")) == [2, 4]
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(dag_run["final_test_accuracy"])
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.json", "metrics.jsonl", "data", "logs"} <= artifacts
+
+
+def test_the_model_is_registered_and_loads_with_pyfunc_in_the_tff_env(dag_run, airflow_env, tmp_path):
+    c = mlflow_client(airflow_env)
+    version = c.get_model_version_by_alias("e2e-digits", "candidate")
+    assert str(version.version) == dag_run["version"]
+    model_dir = c.get_model_version_download_uri("e2e-digits", version.version).removeprefix("file://")
+
+    staged_dir = Path(json.loads((Path(dag_run["run_dir"]) / "staged.json").read_text())["path"])
+    test = shards.Manifest.read(staged_dir).read_split("test")
+    np.save(tmp_path / "x.npy", test.x)
+    code = (
+        "import sys, numpy as np, mlflow.pyfunc\n"
+        f"model = mlflow.pyfunc.load_model({model_dir!r})\n"
+        f"logits = np.asarray(model.predict(np.load({str(tmp_path / 'x.npy')!r})))\n"
+        f"np.save({str(tmp_path / 'pred.npy')!r}, logits.argmax(axis=1))\n"
+    )
+    with open(tmp_path / "pyfunc.log", "w") as out:
+        done = subprocess.run([str(ROOT / ".venv-tff" / "bin" / "python"), "-c", code], stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, (tmp_path / "pyfunc.log").read_text()[-3000:]
+    accuracy = float(np.mean(np.load(tmp_path / "pred.npy") == test.y))
+    assert accuracy == pytest.approx(dag_run["final_test_accuracy"], abs=1e-6)
+
+
+def test_staged_shards_and_run_directory_are_complete(dag_run):
+    run_dir = Path(dag_run["run_dir"])
+    staged_dir = Path(json.loads((run_dir / "staged.json").read_text())["path"])
+    manifest = shards.Manifest.read(staged_dir)
+    assert len(manifest.client_ids("train")) == CONF["num_clients"]
+    assert all((staged_dir / name).exists() for name in manifest.data["files"])
+    assert manifest.data["splits"]["train"]["num_examples"] + manifest.data["splits"]["test"]["num_examples"] == 1797
+    for name in ("config.json", "validation.json", "metrics.jsonl", "final.json", "model/MLmodel",
+                 "logs/chunk_00.log", "logs/chunk_01.log"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / "logs" / "chunk_02.log").exists()  # the plan needs two chunks; the rest skipped
+    assert "round 2/4" in (run_dir / "logs" / "chunk_00.log").read_text()
+    assert "Resuming from round 2" in (run_dir / "logs" / "chunk_01.log").read_text()
+
+
+def test_bad_trigger_params_are_rejected_before_anything_runs(airflow_env, tmp_path):
+    log = tmp_path / "bad.log"
+    runs_before = set(Path(airflow_env["FEDFLOW_DATA_DIR"], "runs").glob("*"))
+    done = airflow(airflow_env, "dags", "test", "federated_training", "-c", json.dumps({"rounds": 0}), log=log)
+    assert done.returncode != 0
+    assert "Invalid input for param rounds: 0 is less than the minimum of 1" in log.read_text()
+    assert set(Path(airflow_env["FEDFLOW_DATA_DIR"], "runs").glob("*")) == runs_before

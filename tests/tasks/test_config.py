@@ -1,0 +1,144 @@
+import dataclasses
+
+import jsonschema
+import pytest
+
+from tasks.config import MAX_CHUNKS, ConfigError, ExperimentConfig, param_schemas
+
+# (field, bad value): each must be rejected by ExperimentConfig and by the field's JSON schema.
+BAD_VALUES = [
+    ("num_clients", 1),  # below minimum
+    ("num_clients", 501),  # above maximum
+    ("dirichlet_alpha", 0.0),  # exclusiveMinimum
+    ("test_fraction", 0.9),
+    ("rounds", "40"),  # wrong type
+    ("client_learning_rate", "fast"),
+    ("batch_size", True),  # a bool is not an int
+    ("dataset", "mnist"),  # not in the enum
+    ("model", "resnet"),
+    ("experiment_name", "-leading-dash"),  # pattern
+    ("registered_model_name", "has space"),
+]
+
+
+def test_the_defaults_construct_a_valid_config():
+    cfg = ExperimentConfig()
+
+    assert cfg.num_clients == 20
+    assert cfg.clients_per_round <= cfg.num_clients
+    assert cfg.num_chunks <= MAX_CHUNKS
+
+
+def test_every_field_has_a_schema_with_title_description_section_and_a_valid_default():
+    schemas = param_schemas()
+
+    assert set(schemas) == {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for name, schema in schemas.items():
+        assert schema["type"] in {"integer", "number", "string"}, name
+        assert schema["title"] and schema["description"] and schema["section"], name
+        jsonschema.validate(schema["default"], schema)
+        assert getattr(ExperimentConfig(), name) == schema["default"]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
+def test_a_bad_value_is_rejected_naming_the_field_and_the_value(field, value):
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig(**{field: value})
+
+    assert field in str(e.value)
+    assert repr(value) in str(e.value)
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
+def test_the_json_schema_rejects_the_same_bad_values_as_the_config(field, value):
+    schema = param_schemas()[field]
+
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(value, schema)
+
+
+def test_an_out_of_range_value_message_states_the_bounds():
+    with pytest.raises(ConfigError, match=r"num_clients must be >= 2 and <= 500\. Got 1\."):
+        ExperimentConfig(num_clients=1)
+
+
+def test_a_wrong_type_message_names_the_expected_type():
+    with pytest.raises(ConfigError, match=r"rounds must be of type integer\. Got '40' \(str\)"):
+        ExperimentConfig(rounds="40")
+
+
+def test_a_bad_enum_value_message_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"partition must be one of \['dirichlet', 'iid'\]\. Got 'random'"):
+        ExperimentConfig(partition="random")
+
+
+def test_a_non_finite_float_is_rejected():
+    with pytest.raises(ConfigError, match="dirichlet_alpha must be a finite number. Got inf"):
+        ExperimentConfig(dirichlet_alpha=float("inf"))
+
+
+def test_an_int_is_accepted_for_a_float_field_and_stored_as_float():
+    cfg = ExperimentConfig(server_learning_rate=1, dirichlet_alpha=2)
+
+    assert cfg.server_learning_rate == 1.0 and isinstance(cfg.server_learning_rate, float)
+    assert isinstance(cfg.dirichlet_alpha, float)
+
+
+def test_a_bool_is_rejected_for_an_int_field():
+    with pytest.raises(ConfigError, match=r"local_epochs must be of type integer\. Got True \(bool\)"):
+        ExperimentConfig(local_epochs=True)
+
+
+def test_more_clients_per_round_than_clients_is_rejected_naming_both():
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig(num_clients=5, clients_per_round=6)
+
+    message = str(e.value)
+    assert "clients_per_round" in message and "num_clients (5)" in message and "Got 6" in message
+
+
+def test_too_many_chunks_is_rejected_with_the_smallest_rounds_per_chunk_that_fits():
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig(rounds=101, rounds_per_chunk=10)
+
+    message = str(e.value)
+    assert f"need 11 chunks, but the DAG has {MAX_CHUNKS}" in message
+    assert "Fix: set rounds_per_chunk >= 11" in message
+    ExperimentConfig(rounds=101, rounds_per_chunk=11)  # the suggested fix is accepted
+
+
+def test_the_chunk_plan_ends_at_the_last_round_and_then_stops():
+    cfg = ExperimentConfig(rounds=45, rounds_per_chunk=20)
+
+    assert cfg.num_chunks == 3
+    assert [cfg.chunk_target_round(i) for i in range(4)] == [20, 40, 45, None]
+    assert cfg.chunk_target_round(MAX_CHUNKS - 1) is None
+
+
+def test_a_negative_chunk_index_is_rejected():
+    with pytest.raises(ConfigError, match="chunk_index must be >= 0. Got -1"):
+        ExperimentConfig().chunk_target_round(-1)
+
+
+def test_from_mapping_rejects_unknown_keys_naming_them():
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig.from_mapping({"rounds": 4, "num_client": 3, "lr": 0.1})
+
+    assert "Unknown parameter(s) ['lr', 'num_client']" in str(e.value)
+
+
+def test_from_mapping_fills_missing_keys_with_the_defaults():
+    cfg = ExperimentConfig.from_mapping({"rounds": 4})
+
+    assert cfg == dataclasses.replace(ExperimentConfig(), rounds=4)
+
+
+def test_a_config_survives_a_json_round_trip(tmp_path):
+    cfg = ExperimentConfig(num_clients=7, clients_per_round=3, partition="iid", dirichlet_alpha=3,
+                           experiment_name="team/fed exp.1", rounds=9, rounds_per_chunk=4)
+
+    cfg.write_json(tmp_path / "config.json")
+    back = ExperimentConfig.read_json(tmp_path / "config.json")
+
+    assert back == cfg
+    assert isinstance(back.dirichlet_alpha, float)
