@@ -24,11 +24,18 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tasks.config import MAX_CHUNKS, param_schemas
 
 CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task
+
+
+def _mark_mlflow_run_failed(context) -> None:
+    """A task failed with no retries left: the run's MLflow run must not stay RUNNING."""
+    from tasks import steps
+
+    steps.mark_failed(context["run_id"])
 
 
 @dag(
@@ -38,7 +45,11 @@ CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enf
     catchup=False,
     max_active_runs=4,
     tags=["fedflow", "training"],
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=15)},
+    default_args={
+        "retries": 1,
+        "retry_delay": timedelta(seconds=15),
+        "on_failure_callback": _mark_mlflow_run_failed,
+    },
     params={name: Param(**schema) for name, schema in param_schemas().items()},
     doc_md=__doc__,
 )
@@ -48,7 +59,10 @@ def federated_training():
         from tasks import steps
 
         ctx = get_current_context()
-        return steps.resolve(ctx["params"], dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"])
+        try:
+            return steps.resolve(ctx["params"], dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"])
+        except steps.ConfigError as e:  # a retry cannot fix the user's input
+            raise AirflowFailException(str(e)) from e
 
     @task(execution_timeout=timedelta(hours=2))
     def stage(handle: dict) -> dict:
@@ -60,7 +74,10 @@ def federated_training():
     def validate(handle: dict, staged: dict) -> dict:  # noqa: ARG001 - ``staged`` orders the tasks
         from tasks import steps
 
-        return steps.validate(handle)
+        try:
+            return steps.validate(handle)
+        except steps.DataValidationError as e:  # a retry cannot fix the data
+            raise AirflowFailException(str(e)) from e
 
     @task(pool="gpu", queue="gpu", retries=2, retry_delay=timedelta(seconds=30), execution_timeout=CHUNK_TIMEOUT)
     def train_chunk(handle: dict, chunk_index: int) -> dict:

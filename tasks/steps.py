@@ -17,6 +17,10 @@ from tasks import validate as validation
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ConfigError, ExperimentConfig
 from tasks.paths import RunPaths
+from tasks.validate import DataValidationError
+
+__all__ = ["ConfigError", "DataValidationError", "evaluate_and_register", "load", "mark_failed", "resolve",
+           "stage", "train_chunk", "validate"]
 
 log = logging.getLogger(__name__)
 EXPORT_TIMEOUT_S = 30 * 60
@@ -74,7 +78,7 @@ def validate(handle: Mapping[str, str]) -> dict[str, Any]:
     tracking.log_artifact(run, run.validation, "data")
     tracking.set_tags(run, {"fedflow.validation": "passed" if report.success else "failed"})
     if not report.success:
-        raise validation.DataValidationError(
+        raise DataValidationError(
             f"Staged data set {manifest.root} failed validation:\n- " + "\n- ".join(report.problems())
             + "\nFix: re-stage the data set (delete the directory) or correct the source."
         )
@@ -133,3 +137,14 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
     atomic.write_json(run.summary, summary)
     log.info("Summary: %s", summary)
     return summary
+
+
+def mark_failed(run_id: str) -> bool:
+    """Marks the MLflow run of Airflow run ``run_id`` FAILED (a task failed for good). Returns
+    whether there was an MLflow run to mark; its metrics and artifacts so far stay for inspection."""
+    run = RunPaths.for_run(run_id)
+    if not run.mlflow_run.exists():
+        return False
+    tracking.finish_run(run, status="FAILED")
+    return True
+

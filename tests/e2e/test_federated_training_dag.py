@@ -114,3 +114,24 @@ def test_bad_trigger_params_are_rejected_before_anything_runs(airflow_env, tmp_p
     assert done.returncode != 0
     assert "Invalid input for param rounds: 0 is less than the minimum of 1" in log.read_text()
     assert set(Path(airflow_env["FEDFLOW_DATA_DIR"], "runs").glob("*")) == runs_before
+
+
+def test_corrupt_staged_data_stops_the_run_before_training_and_fails_its_mlflow_run(dag_run, airflow_env, tmp_path):
+    # The same settings stage to the same content-addressed directory: damage one shard of it.
+    staged_dir = Path(json.loads((Path(dag_run["run_dir"]) / "staged.json").read_text())["path"])
+    shard = staged_dir / "train-00000.parquet"
+    original = shard.read_bytes()
+    runs_before = set(Path(airflow_env["FEDFLOW_DATA_DIR"], "runs").iterdir())
+    try:
+        shard.write_bytes(original[:1000] + bytes([original[1000] ^ 0xFF]) + original[1001:])
+        log = tmp_path / "corrupt.log"
+        done = airflow(airflow_env, "dags", "test", "federated_training", "-c", json.dumps(CONF), log=log)
+    finally:
+        shard.write_bytes(original)
+    assert done.returncode != 0
+    assert "shard train-00000.parquet does not match its manifest checksum" in log.read_text()
+    [run_dir] = set(Path(airflow_env["FEDFLOW_DATA_DIR"], "runs").iterdir()) - runs_before
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "logs").exists()  # no training started
+    run = mlflow_client(airflow_env).get_run(json.loads((run_dir / "mlflow_run.json").read_text())["run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["fedflow.validation"] == "failed"
