@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         program.train_until_round(args.run_dir, args.until_round)
     else:
-        program.export_model(args.run_dir)
+        program.export_model(program.load_experiment(args.run_dir))
     return 0
 
 

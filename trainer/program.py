@@ -109,8 +109,19 @@ def evaluate_central(exp: Experiment, state, test: shards.ClientExamples) -> dic
 
 
 def train_until_round(run_dir: Path, until_round: int) -> int:
-    """Brings the run in ``run_dir`` to ``until_round``; idempotent. Returns the round reached."""
+    """Brings the run in ``run_dir`` to ``until_round``; idempotent. Returns the round reached.
+
+    The chunk that reaches the last round also exports the model, saving the export step a process
+    start and a TensorFlow import.
+    """
     exp = load_experiment(run_dir)
+    reached = _train(exp, until_round)
+    if reached == exp.cfg.rounds:
+        export_model(exp)
+    return reached
+
+
+def _train(exp: Experiment, until_round: int) -> int:
     cfg = exp.cfg
     if not 1 <= until_round <= cfg.rounds:
         raise Error(f"until_round must be in [1, rounds={cfg.rounds}]. Got {until_round}.")
@@ -156,12 +167,11 @@ def train_until_round(run_dir: Path, until_round: int) -> int:
     return until_round
 
 
-def export_model(run_dir: Path) -> dict:
+def export_model(exp: Experiment) -> dict:
     """Evaluates the final state on the test split and saves it as an MLflow TensorFlow model."""
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
-    exp = load_experiment(run_dir)
     latest = exp.checkpoints.load_latest()
     if latest is None or latest.round_num != exp.cfg.rounds:
         reached = None if latest is None else latest.round_num
