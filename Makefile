@@ -62,7 +62,7 @@ airflow-ui: envs
 
 mlflow-ui: envs
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(ROOT)/mlruns/mlflow.db \
-	  --default-artifact-root file://$(ROOT)/mlruns/artifacts --host 127.0.0.1 --port 5000
+	  --default-artifact-root file://$(ROOT)/mlruns/artifacts --host 127.0.0.1 --port 5000 --workers 1
 
 lock: | $(UV)
 	$(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
