@@ -10,6 +10,7 @@ Standard library only: the trainer imports it too.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -47,8 +48,16 @@ def tff_python() -> Path:
 
 
 def safe_name(text: str) -> str:
-    """A file-system-safe rendering of an Airflow run id such as ``manual__2026-01-01T00:00:00+00:00``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._") or "run"
+    """A file-system-safe, collision-free rendering of an Airflow run id.
+
+    Ids that are already safe are kept; others (``manual__2026-01-01T00:00:00+00:00``) get their
+    unsafe characters replaced and a hash of the original appended, so two ids never share a run
+    directory (and so never resume each other's checkpoints).
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._")[:150]
+    if cleaned == text:
+        return text
+    return f"{cleaned or 'run'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,3 +142,4 @@ def test_a_config_survives_a_json_round_trip(tmp_path):
 
     assert back == cfg
     assert isinstance(back.dirichlet_alpha, float)
+
