@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# In-process Airflow (DagBag, Params) uses the project-local home, never ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # TFF starts it as .../tensorflow_federated/python/core/impl/executor_stacks/../../../../data/worker_binary
 WORKER_BINARY = "data/worker_binary"
 
