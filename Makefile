@@ -50,6 +50,7 @@ test: envs
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports
 	PYTHONPATH=$(ROOT) .venv/bin/pytest
+	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python -m pytest tests/trainer
 
 lint: envs
 	.venv/bin/ruff check .

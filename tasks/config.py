@@ -24,6 +24,9 @@ MAX_CHUNKS = 10
 DATASETS = ("digits",)
 PARTITIONS = ("dirichlet", "iid")
 MODELS = ("cnn", "mlp")
+# Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
+ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+CLIENT_SAMPLING = ("uniform", "poisson")
 
 
 class Error(Exception):
@@ -75,13 +78,24 @@ class ExperimentConfig:
         "cnn", section="Model", title="Model", enum=list(MODELS),
         description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer.",
     )
+    algorithm: str = _field(
+        "fedavg", section="Algorithm", title="Algorithm", enum=list(ALGORITHMS),
+        description="fedavg (weighted by examples), fedavg_unweighted, fedsgd, fedprox, or FedAvg with an "
+        "adaptive server optimizer: fedadam, fedyogi, fedadagrad (use a server learning rate of ~0.01-0.1).",
+    )
     rounds: int = _field(
         40, section="Algorithm", title="Rounds", minimum=1, maximum=10000,
         description="Federated rounds to train in total.",
     )
     clients_per_round: int = _field(
         10, section="Algorithm", title="Clients per round", minimum=1, maximum=500,
-        description="Clients sampled uniformly without replacement each round (<= number of clients).",
+        description="Uniform sampling: clients drawn without replacement each round (<= number of clients). "
+        "Poisson sampling: the expected number (sampling rate = clients_per_round / num_clients).",
+    )
+    client_sampling: str = _field(
+        "uniform", section="Algorithm", title="Client sampling", enum=list(CLIENT_SAMPLING),
+        description="'uniform': exactly clients_per_round clients; 'poisson': each client joins a round "
+        "independently with probability clients_per_round / num_clients (what DP accounting assumes).",
     )
     local_epochs: int = _field(
         2, section="Algorithm", title="Local epochs", minimum=1, maximum=100,
@@ -98,6 +112,14 @@ class ExperimentConfig:
     server_learning_rate: float = _field(
         1.0, section="Algorithm", title="Server learning rate", exclusiveMinimum=0, maximum=10,
         description="Learning rate of the server's SGD on the averaged update (1.0 = plain FedAvg).",
+    )
+    proximal_strength: float = _field(
+        0.01, section="Algorithm", title="FedProx mu", minimum=0, maximum=100,
+        description="Strength of FedProx's proximal term (algorithm 'fedprox' only).",
+    )
+    server_epsilon: float = _field(
+        0.001, section="Algorithm", title="Server optimizer epsilon", exclusiveMinimum=0, maximum=1,
+        description="Adaptivity (tau) of fedadam / fedyogi / fedadagrad; 1e-3 as in Reddi et al. 2021.",
     )
     seed: int = _field(
         0, section="Algorithm", title="Seed", minimum=0, maximum=2**31 - 1,

@@ -81,6 +81,37 @@ def write_split(
     return entries, files
 
 
+def write_dataset(
+    out_dir: Path,
+    splits: dict[str, Sequence[ClientExamples]],
+    x_feature: Feature,
+    *,
+    num_classes: int,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Writes every split's shards and then ``manifest.json`` (last: its presence marks completion).
+
+    ``metadata`` (dataset, fingerprint, settings, source, ...) is stored in the manifest as given.
+    """
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        **metadata,
+        "num_classes": num_classes,
+        "features": {
+            "x": {"column": x_feature.column, "dtype": x_feature.dtype, "shape": list(x_feature.shape)},
+            "y": {"column": "label", "dtype": "int64", "shape": []},
+        },
+        "splits": {},
+        "files": {},
+    }
+    for split, clients in splits.items():
+        entries, files = write_split(out_dir, split, clients, x_feature)
+        manifest["splits"][split] = {"num_examples": sum(e["num_examples"] for e in entries), "clients": entries}
+        manifest["files"].update(files)
+    atomic.write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
 def _client_table(client: ClientExamples, x_feature: Feature, schema: pa.Schema) -> pa.Table:
     x = np.ascontiguousarray(client.x, dtype=np.dtype(x_feature.dtype).newbyteorder("<"))
     if x.shape[1:] != x_feature.shape:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import atomic, paths, shards
+from tasks import paths, shards
 from tasks.config import ExperimentConfig
 
 STAGER_VERSION = "1"
@@ -102,27 +102,13 @@ def _write_stage(out: Path, cfg: ExperimentConfig, settings: dict, fp: str) -> N
         shards.ClientExamples(f"client_{i:0{width}d}", x[train_idx[p]], y[train_idx[p]]) for i, p in enumerate(parts)
     ]
     test_clients = [shards.ClientExamples("test", x[test_idx], y[test_idx])]
-    feature = shards.Feature("pixels", "float32", tuple(x.shape[1:]))
-    train_entries, train_files = shards.write_split(out, "train", train_clients, feature)
-    test_entries, test_files = shards.write_split(out, "test", test_clients, feature)
-    manifest = {
-        "format_version": shards.FORMAT_VERSION,
-        "dataset": cfg.dataset,
-        "fingerprint": fp,
-        "settings": settings,
-        "source": source,
-        "num_classes": int(y.max()) + 1,
-        "features": {
-            "x": {"column": feature.column, "dtype": feature.dtype, "shape": list(feature.shape)},
-            "y": {"column": "label", "dtype": "int64", "shape": []},
-        },
-        "splits": {
-            "train": {"num_examples": int(len(train_idx)), "clients": train_entries},
-            "test": {"num_examples": int(len(test_idx)), "clients": test_entries},
-        },
-        "files": {**train_files, **test_files},
-    }
-    atomic.write_json(out / shards.MANIFEST, manifest)
+    shards.write_dataset(
+        out,
+        {"train": train_clients, "test": test_clients},
+        shards.Feature("pixels", "float32", tuple(x.shape[1:])),
+        num_classes=int(y.max()) + 1,
+        metadata={"dataset": cfg.dataset, "fingerprint": fp, "settings": settings, "source": source},
+    )
 
 
 def load_source(dataset: str) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # In-process Airflow (DagBag, Params) uses the project-local home, never ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# tests/trainer imports TensorFlow: it runs in the TFF environment (`make test` runs both).
+collect_ignore = [] if importlib.util.find_spec("tensorflow_federated") else ["trainer"]
 # TFF starts it as .../tensorflow_federated/python/core/impl/executor_stacks/../../../../data/worker_binary
 WORKER_BINARY = "data/worker_binary"
 

@@ -24,7 +24,7 @@ from tasks import atomic, metrics_log, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
-from trainer import lifecycle, models
+from trainer import algorithms, lifecycle, models
 
 log = logging.getLogger("fedflow.trainer")
 
@@ -51,11 +51,7 @@ def load_experiment(run_dir: Path) -> Experiment:
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
     input_shape, num_classes = manifest.x_feature.shape, manifest.num_classes
     # TFF traces model_fn while building the process; build it before any other Keras model.
-    process = tff.learning.algorithms.build_weighted_fed_avg(
-        models.tff_model_fn(cfg.model, input_shape, num_classes),
-        client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=cfg.client_learning_rate),
-        server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate),
-    )
+    process = algorithms.build_learning_process(cfg, models.tff_model_fn(cfg.model, input_shape, num_classes))
     eval_model = models.build_keras_model(cfg.model, input_shape, num_classes)
     return Experiment(cfg, paths, manifest, process, eval_model, CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints))
 
@@ -86,9 +82,17 @@ def restore_or_start(exp: Experiment):
     return state, latest.round_num
 
 
-def sample_clients(seed: int, round_num: int, client_ids: list[str], k: int) -> list[str]:
-    rng = np.random.default_rng([seed, round_num, 1])
-    return [client_ids[i] for i in np.sort(rng.choice(len(client_ids), size=k, replace=False))]
+def sample_clients(cfg: ExperimentConfig, round_num: int, client_ids: list[str]) -> list[str]:
+    """The clients of one round, a function of (seed, round) only.
+
+    ``uniform``: ``clients_per_round`` distinct clients. ``poisson``: each client independently with
+    probability q = clients_per_round / num_clients, so a round may have any number, even none.
+    """
+    rng = np.random.default_rng([cfg.seed, round_num, 1])
+    if cfg.client_sampling == "poisson":
+        q = cfg.clients_per_round / len(client_ids)
+        return [cid for cid, u in zip(client_ids, rng.random(len(client_ids)), strict=True) if u < q]
+    return [client_ids[i] for i in np.sort(rng.choice(len(client_ids), size=cfg.clients_per_round, replace=False))]
 
 
 def client_dataset(exp: Experiment, client: shards.ClientExamples, client_index: int, round_num: int) -> tf.data.Dataset:
@@ -98,6 +102,20 @@ def client_dataset(exp: Experiment, client: shards.ClientExamples, client_index:
     return tf.data.Dataset.from_tensor_slices(
         collections.OrderedDict(x=client.x[order], y=client.y[order])
     ).batch(exp.cfg.batch_size)
+
+
+def round_metrics(metrics) -> dict[str, float]:
+    """The training metrics TFF reports for a round, flattened into metrics-row keys."""
+    train = metrics["client_work"]["train"]
+    row = {
+        "train_loss": float(train["loss"]),
+        "train_accuracy": float(train["sparse_categorical_accuracy"]),
+        "train_examples": int(train["num_examples"]),
+    }
+    finalizer = metrics.get("finalizer") or {}
+    if "update_non_finite" in finalizer:
+        row["update_non_finite"] = int(finalizer["update_non_finite"])
+    return row
 
 
 def evaluate_central(exp: Experiment, state, test: shards.ClientExamples) -> dict[str, float]:
@@ -139,19 +157,15 @@ def _train(exp: Experiment, until_round: int) -> int:
     test = exp.manifest.read_split("test")
     for round_num in range(start_round + 1, until_round + 1):
         start = time.perf_counter()
-        sampled = sample_clients(cfg.seed, round_num, client_ids, cfg.clients_per_round)
-        datasets = [client_dataset(exp, clients[cid], index[cid], round_num) for cid in sampled]
-        output = exp.process.next(state, datasets)
-        state = output.state
-        train = output.metrics["client_work"]["train"]
-        row = {
-            "round": round_num,
-            "train_loss": float(train["loss"]),
-            "train_accuracy": float(train["sparse_categorical_accuracy"]),
-            "train_examples": int(train["num_examples"]),
-            "clients_sampled": len(sampled),
-            "update_non_finite": int(output.metrics["finalizer"]["update_non_finite"]),
-        }
+        sampled = sample_clients(cfg, round_num, client_ids)
+        row = {"round": round_num, "clients_sampled": len(sampled)}
+        if sampled:
+            datasets = [client_dataset(exp, clients[cid], index[cid], round_num) for cid in sampled]
+            output = exp.process.next(state, datasets)
+            state = output.state
+            row.update(round_metrics(output.metrics))
+        else:  # Poisson sampling drew nobody: the round passes with the model unchanged
+            log.warning("Round %d sampled no clients; the model is unchanged", round_num)
         if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
             row.update(evaluate_central(exp, state, test))
         row["round_seconds"] = time.perf_counter() - start
@@ -160,7 +174,7 @@ def _train(exp: Experiment, until_round: int) -> int:
         exp.checkpoints.save(round_num, tf.nest.flatten(state))
         log.info(
             "round %d/%d loss=%.4f accuracy=%.4f%s seconds=%.2f",
-            round_num, cfg.rounds, row["train_loss"], row["train_accuracy"],
+            round_num, cfg.rounds, row.get("train_loss", float("nan")), row.get("train_accuracy", float("nan")),
             f" test_accuracy={row['test_accuracy']:.4f}" if "test_accuracy" in row else "", row["round_seconds"],
         )
         lifecycle.maybe_inject_fault(round_num)

@@ -1,0 +1,82 @@
+"""Learning algorithms by name: the config's ``algorithm`` -> a TFF learning process.
+
+Each entry is a constructor taking (config, model_fn), in the spirit of google-research/federated's
+``TASK_CONSTRUCTORS`` table. Client and server steps are ``tff.learning.optimizers`` objects (TFF 0.87
+refuses Keras optimizers).
+
+- ``fedavg`` / ``fedavg_unweighted``: McMahan et al. 2017, "Communication-Efficient Learning of Deep
+  Networks from Decentralized Data"; client updates averaged by example count, or uniformly.
+- ``fedsgd``: the same paper's FedSGD baseline: each client sends the gradient over its whole data at
+  the current model (no local steps; ``client_learning_rate`` and ``local_epochs`` have no effect).
+- ``fedprox``: Li et al. 2020, "Federated Optimization in Heterogeneous Networks"; local SGD with a
+  proximal term of strength ``proximal_strength`` (mu).
+- ``fedadam`` / ``fedyogi`` / ``fedadagrad``: Reddi et al. 2021, "Adaptive Federated Optimization";
+  FedAvg client work with an adaptive server optimizer (epsilon ``server_epsilon``, the paper's tau).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow_federated as tff
+
+from tasks.config import ExperimentConfig
+
+LearningProcess = tff.learning.templates.LearningProcess
+
+
+def _client_sgd(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+    return tff.learning.optimizers.build_sgdm(learning_rate=cfg.client_learning_rate)
+
+
+def _server_sgd(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+    return tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate)
+
+
+def _fedavg(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_sgd(cfg)
+    )
+
+
+def _fedavg_unweighted(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    return tff.learning.algorithms.build_unweighted_fed_avg(
+        model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_sgd(cfg)
+    )
+
+
+def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    return tff.learning.algorithms.build_fed_sgd(model_fn, server_optimizer_fn=_server_sgd(cfg))
+
+
+def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    return tff.learning.algorithms.build_weighted_fed_prox(
+        model_fn, proximal_strength=cfg.proximal_strength,
+        client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_sgd(cfg),
+    )
+
+
+def _adaptive(build_server_optimizer: Callable[..., tff.learning.optimizers.Optimizer]):
+    def constructor(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+        server = build_server_optimizer(learning_rate=cfg.server_learning_rate, epsilon=cfg.server_epsilon)
+        return tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=server
+        )
+
+    return constructor
+
+
+ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {
+    "fedavg": _fedavg,
+    "fedavg_unweighted": _fedavg_unweighted,
+    "fedsgd": _fedsgd,
+    "fedprox": _fedprox,
+    "fedadam": _adaptive(tff.learning.optimizers.build_adam),
+    "fedyogi": _adaptive(tff.learning.optimizers.build_yogi),
+    "fedadagrad": _adaptive(tff.learning.optimizers.build_adagrad),
+}
+
+
+def build_learning_process(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    """The TFF learning process of ``cfg.algorithm`` (names: :data:`ALGORITHMS`)."""
+    return ALGORITHMS[cfg.algorithm](cfg, model_fn)
