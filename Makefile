@@ -67,7 +67,7 @@ mlflow-ui: envs
 
 lock: | $(UV)
 	$(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
-	  requirements/airflow.in -o requirements/airflow.lock
+	  --override requirements/airflow-overrides.txt requirements/airflow.in -o requirements/airflow.lock
 	$(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
 	  --override requirements/tff-overrides.txt requirements/tff.in -o requirements/tff.lock
 

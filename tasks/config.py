@@ -27,6 +27,9 @@ MODELS = ("cnn", "mlp")
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 CLIENT_SAMPLING = ("uniform", "poisson")
+# TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
+AGGREGATORS = ("mean", "robust", "dp", "compression", "secure")
+DP_CLIPPING = ("adaptive", "fixed")
 
 
 class Error(Exception):
@@ -121,6 +124,54 @@ class ExperimentConfig:
         0.001, section="Algorithm", title="Server optimizer epsilon", exclusiveMinimum=0, maximum=1,
         description="Adaptivity (tau) of fedadam / fedyogi / fedadagrad; 1e-3 as in Reddi et al. 2021.",
     )
+    # -- aggregation and privacy -------------------------------------------------------------
+    aggregator: str = _field(
+        "mean", section="Aggregation and privacy", title="Aggregator", enum=list(AGGREGATORS),
+        description="'mean': plain (weighted) mean; 'robust': adaptive zeroing + L2 clipping; 'dp': user-level "
+        "DP (clipping + Gaussian noise, uniform weighting); 'compression': 8-bit-style uniform quantisation of "
+        "large tensors; 'secure': secure summation (simulated).",
+    )
+    aggregator_zeroing: bool = _field(
+        True, section="Aggregation and privacy", title="Adaptive zeroing",
+        description="Zero out client updates with extreme values (robust, dp, compression, secure).",
+    )
+    aggregator_clipping: bool = _field(
+        True, section="Aggregation and privacy", title="Adaptive L2 clipping",
+        description="Clip client updates to an adaptive L2 norm (robust, compression, secure).",
+    )
+    noise_multiplier: float = _field(
+        1.0, section="Aggregation and privacy", title="DP noise multiplier", minimum=0, maximum=1000,
+        description="Gaussian noise stddev / clip norm (aggregator 'dp'). With adaptive clipping it must be "
+        "< 0.1 x clients_per_round.",
+    )
+    dp_clipping: str = _field(
+        "adaptive", section="Aggregation and privacy", title="DP clipping", enum=list(DP_CLIPPING),
+        description="'adaptive': the clip tracks a quantile of update norms (Andrew et al. 2021); 'fixed'.",
+    )
+    dp_clip: float = _field(
+        0.1, section="Aggregation and privacy", title="DP clip norm", exclusiveMinimum=0, maximum=10000,
+        description="The fixed L2 clip, or the initial clip of adaptive clipping.",
+    )
+    dp_target_unclipped_quantile: float = _field(
+        0.5, section="Aggregation and privacy", title="DP target unclipped quantile", exclusiveMinimum=0, maximum=1,
+        description="Adaptive clipping aims at this fraction of unclipped updates.",
+    )
+    dp_delta: float = _field(
+        0.0, section="Aggregation and privacy", title="DP delta", minimum=0, maximum=0.5,
+        description="δ of the reported (ε, δ); 0 means 1 / num_clients^1.1.",
+    )
+    dp_epsilon_budget: float = _field(
+        10.0, section="Aggregation and privacy", title="DP epsilon budget", minimum=0, maximum=1000000,
+        description="A DP run whose planned ε exceeds this fails before training (0: no limit).",
+    )
+    compression_bits: int = _field(
+        8, section="Aggregation and privacy", title="Compression bits", minimum=1, maximum=16,
+        description="Bits per value of uniformly quantised tensors (aggregator 'compression').",
+    )
+    compression_threshold: int = _field(
+        20000, section="Aggregation and privacy", title="Compression threshold", minimum=0, maximum=10**9,
+        description="Only tensors with more elements than this are quantised; smaller ones go as float32.",
+    )
     seed: int = _field(
         0, section="Algorithm", title="Seed", minimum=0, maximum=2**31 - 1,
         description="Derives partition, initial weights, client sampling and shuffling per round.",
@@ -161,12 +212,28 @@ class ExperimentConfig:
                 f"clients_per_round must be <= num_clients ({self.num_clients}). "
                 f"Got {self.clients_per_round}. Fix: lower clients_per_round or raise num_clients."
             )
+        if self.aggregator == "dp":
+            self._check_dp()
         if self.num_chunks > MAX_CHUNKS:
             needed = math.ceil(self.rounds / MAX_CHUNKS)
             raise ConfigError(
                 f"rounds_per_chunk: {self.rounds} rounds in chunks of {self.rounds_per_chunk} need "
                 f"{self.num_chunks} chunks, but the DAG has {MAX_CHUNKS}. "
                 f"Got rounds_per_chunk={self.rounds_per_chunk}. Fix: set rounds_per_chunk >= {needed}."
+            )
+
+    def _check_dp(self) -> None:
+        if self.algorithm == "fedsgd":
+            raise ConfigError(
+                "aggregator 'dp' needs client updates averaged uniformly; fedsgd weights them by examples. "
+                "Got algorithm='fedsgd'. Fix: use fedavg, fedavg_unweighted, fedprox or an adaptive algorithm."
+            )
+        if self.dp_clipping == "adaptive" and self.noise_multiplier >= 0.1 * self.clients_per_round:
+            raise ConfigError(
+                f"noise_multiplier must be < 0.1 x clients_per_round = {0.1 * self.clients_per_round:g} with "
+                f"adaptive DP clipping (part of the noise protects the clip estimate). Got {self.noise_multiplier}. "
+                f"Fix: clients_per_round >= {math.floor(10 * self.noise_multiplier) + 1}, a smaller noise_multiplier, "
+                "or dp_clipping='fixed'."
             )
 
     # -- chunk plan ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, launch, paths, shards, tracking
+from tasks import atomic, launch, paths, privacy, shards, tracking
 from tasks import stage as staging
 from tasks import validate as validation
 from tasks.checkpoints import CheckpointStore
@@ -33,6 +33,7 @@ def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str) -> dict[str,
     never picks up another run's checkpoints by accident.
     """
     cfg = ExperimentConfig.from_mapping(params)
+    planned = privacy.check_budget(cfg)  # before anything is written or trained
     run = RunPaths.for_run(run_id)
     run.root.mkdir(parents=True, exist_ok=True)
     if run.config.exists():
@@ -44,6 +45,9 @@ def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str) -> dict[str,
     else:
         atomic.write_json(run.config, cfg.to_dict())
     mlflow_run = tracking.start_run(cfg, run, tags={"airflow.dag_id": dag_id, "airflow.run_id": run_id})
+    if planned is not None:
+        tracking.set_tags(run, {"fedflow.dp_planned_epsilon": f"{planned['epsilon']:.6g}",
+                                "fedflow.dp_delta": f"{planned['delta']:.6g}"})
     tracking.log_artifact(run, run.config)
     log.info("Run %s: %d rounds in %d chunk(s); run directory %s", run_id, cfg.rounds, cfg.num_chunks, run.root)
     return {"run_dir": str(run.root), "mlflow_run_id": mlflow_run}

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import tensorflow_federated as tff
 
 from tasks.config import ExperimentConfig
+from trainer import aggregators
 
 LearningProcess = tff.learning.templates.LearningProcess
 
@@ -29,51 +30,52 @@ def _client_sgd(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
     return tff.learning.optimizers.build_sgdm(learning_rate=cfg.client_learning_rate)
 
 
-def _server_sgd(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+def _server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+    adaptive = {
+        "fedadam": tff.learning.optimizers.build_adam,
+        "fedyogi": tff.learning.optimizers.build_yogi,
+        "fedadagrad": tff.learning.optimizers.build_adagrad,
+    }
+    if cfg.algorithm in adaptive:
+        return adaptive[cfg.algorithm](learning_rate=cfg.server_learning_rate, epsilon=cfg.server_epsilon)
     return tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate)
 
 
 def _fedavg(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    return tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_sgd(cfg)
+    """FedAvg client work; weighted or uniform per ``aggregators.is_weighted`` (DP forces uniform)."""
+    build = (
+        tff.learning.algorithms.build_weighted_fed_avg
+        if aggregators.is_weighted(cfg)
+        else tff.learning.algorithms.build_unweighted_fed_avg
     )
-
-
-def _fedavg_unweighted(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    return tff.learning.algorithms.build_unweighted_fed_avg(
-        model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_sgd(cfg)
-    )
+    return build(model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_optimizer(cfg),
+                 model_aggregator=aggregators.build_model_aggregator(cfg))
 
 
 def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    return tff.learning.algorithms.build_fed_sgd(model_fn, server_optimizer_fn=_server_sgd(cfg))
-
-
-def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    return tff.learning.algorithms.build_weighted_fed_prox(
-        model_fn, proximal_strength=cfg.proximal_strength,
-        client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_sgd(cfg),
+    return tff.learning.algorithms.build_fed_sgd(
+        model_fn, server_optimizer_fn=_server_optimizer(cfg), model_aggregator=aggregators.build_model_aggregator(cfg)
     )
 
 
-def _adaptive(build_server_optimizer: Callable[..., tff.learning.optimizers.Optimizer]):
-    def constructor(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-        server = build_server_optimizer(learning_rate=cfg.server_learning_rate, epsilon=cfg.server_epsilon)
-        return tff.learning.algorithms.build_weighted_fed_avg(
-            model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=server
-        )
-
-    return constructor
+def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    build = (
+        tff.learning.algorithms.build_weighted_fed_prox
+        if aggregators.is_weighted(cfg)
+        else tff.learning.algorithms.build_unweighted_fed_prox
+    )
+    return build(model_fn, proximal_strength=cfg.proximal_strength, client_optimizer_fn=_client_sgd(cfg),
+                 server_optimizer_fn=_server_optimizer(cfg), model_aggregator=aggregators.build_model_aggregator(cfg))
 
 
 ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {
     "fedavg": _fedavg,
-    "fedavg_unweighted": _fedavg_unweighted,
+    "fedavg_unweighted": _fedavg,
     "fedsgd": _fedsgd,
     "fedprox": _fedprox,
-    "fedadam": _adaptive(tff.learning.optimizers.build_adam),
-    "fedyogi": _adaptive(tff.learning.optimizers.build_yogi),
-    "fedadagrad": _adaptive(tff.learning.optimizers.build_adagrad),
+    "fedadam": _fedavg,
+    "fedyogi": _fedavg,
+    "fedadagrad": _fedavg,
 }
 
 

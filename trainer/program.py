@@ -20,11 +20,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tasks import atomic, metrics_log, shards
+from tasks import atomic, metrics_log, privacy, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
-from trainer import algorithms, lifecycle, models
+from trainer import aggregators, algorithms, lifecycle, models
 
 log = logging.getLogger("fedflow.trainer")
 
@@ -50,6 +50,10 @@ def load_experiment(run_dir: Path) -> Experiment:
     cfg = ExperimentConfig.read_json(paths.config)
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
     input_shape, num_classes = manifest.x_feature.shape, manifest.num_classes
+    if cfg.aggregator == "secure":
+        # The local C++ runtime cannot run secure-sum intrinsics; TFF's test context replaces them with
+        # their plain bodies (same bit-width quantisation and modular sums, no cryptography).
+        tff.backends.test.set_sync_test_cpp_execution_context()
     # TFF traces model_fn while building the process; build it before any other Keras model.
     process = algorithms.build_learning_process(cfg, models.tff_model_fn(cfg.model, input_shape, num_classes))
     eval_model = models.build_keras_model(cfg.model, input_shape, num_classes)
@@ -115,7 +119,20 @@ def round_metrics(metrics) -> dict[str, float]:
     finalizer = metrics.get("finalizer") or {}
     if "update_non_finite" in finalizer:
         row["update_non_finite"] = int(finalizer["update_non_finite"])
+    row.update(_flatten("aggregator", metrics.get("aggregator")))
     return row
+
+
+def _flatten(prefix: str, value) -> dict[str, float]:
+    """Numeric leaves of TFF's nested measurements as ``prefix/a/b`` keys (clip norms, zeroed counts ...)."""
+    if isinstance(value, dict):
+        flat = {}
+        for key, inner in value.items():
+            flat.update(_flatten(f"{prefix}/{key}", inner))
+        return flat
+    if isinstance(value, (int, float, np.number)) or (isinstance(value, np.ndarray) and value.size == 1):
+        return {prefix: float(value)}
+    return {}
 
 
 def evaluate_central(exp: Experiment, state, test: shards.ClientExamples) -> dict[str, float]:
@@ -151,6 +168,10 @@ def _train(exp: Experiment, until_round: int) -> int:
         log.info("Already at round %d >= %d; nothing to do", start_round, until_round)
         return start_round
 
+    plan = privacy.PrivacyPlan.of(cfg) if cfg.aggregator == "dp" else None
+    weights = exp.process.get_model_weights(state).trainable
+    update_bits, float_bits = aggregators.update_bits(cfg, [tuple(np.shape(w)) for w in weights])
+    num_parameters = sum(int(np.size(w)) for w in weights)
     client_ids = exp.manifest.client_ids("train")
     clients = {cid: exp.manifest.read_client("train", cid) for cid in client_ids}
     index = {cid: i for i, cid in enumerate(client_ids)}
@@ -166,6 +187,16 @@ def _train(exp: Experiment, until_round: int) -> int:
             row.update(round_metrics(output.metrics))
         else:  # Poisson sampling drew nobody: the round passes with the model unchanged
             log.warning("Round %d sampled no clients; the model is unchanged", round_num)
+        row.update(
+            bits_sent=update_bits * len(sampled),
+            bits_float32=float_bits * len(sampled),
+            compression_ratio=float_bits / update_bits,
+            bits_per_parameter=update_bits / num_parameters,
+        )
+        if plan is not None:  # the round happened (noise was added) whether or not anybody was sampled
+            row.update(epsilon=plan.epsilon(round_num), delta=plan.delta, noise_multiplier=cfg.noise_multiplier)
+            if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
+                row["epsilon_pld"] = plan.epsilon(round_num, accountant="pld")
         if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
             row.update(evaluate_central(exp, state, test))
         row["round_seconds"] = time.perf_counter() - start

@@ -1,0 +1,85 @@
+"""Model-update aggregators by name: the config's ``aggregator`` -> a ``tff.aggregators`` factory.
+
+The recommended aggregators of TFF's tutorial (tuning_recommended_aggregators), with their settings
+exposed: ``robust`` (adaptive zeroing + L2 clipping), ``dp`` (Gaussian mechanism with fixed or adaptive
+clipping, McMahan et al. 2018 / Andrew et al. 2021), ``compression`` (uniform quantisation of large
+tensors, Suresh et al. 2017) and ``secure`` (``tff.federated_secure_sum_bitwidth``). Built the way
+``tff.learning.*_aggregator`` build them; the zeroing/clipping wrappers are TFF 0.87's own (pinned).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.learning import model_update_aggregator as recommended
+from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
+
+from tasks.config import ExperimentConfig
+
+# Algorithms whose client updates are averaged uniformly even without DP.
+UNWEIGHTED_ALGORITHMS = {"fedavg_unweighted"}
+
+
+def is_weighted(cfg: ExperimentConfig) -> bool:
+    """DP needs uniform weighting (a client's weight would reveal its example count)."""
+    return cfg.aggregator != "dp" and cfg.algorithm not in UNWEIGHTED_ALGORITHMS
+
+
+def build_model_aggregator(cfg: ExperimentConfig) -> tff.aggregators.AggregationFactory | None:
+    """The factory for ``cfg.aggregator``; None means TFF's default mean."""
+    weighted = is_weighted(cfg)
+    if cfg.aggregator == "mean":
+        return None
+    if cfg.aggregator == "robust":
+        return tff.learning.robust_aggregator(
+            zeroing=cfg.aggregator_zeroing, clipping=cfg.aggregator_clipping, weighted=weighted
+        )
+    if cfg.aggregator == "secure":
+        return tff.learning.secure_aggregator(
+            zeroing=cfg.aggregator_zeroing, clipping=cfg.aggregator_clipping, weighted=weighted
+        )
+    if cfg.aggregator == "dp":
+        dp = tff.aggregators.DifferentiallyPrivateFactory
+        factory = (
+            dp.gaussian_adaptive(
+                cfg.noise_multiplier, float(cfg.clients_per_round), initial_l2_norm_clip=cfg.dp_clip,
+                target_unclipped_quantile=cfg.dp_target_unclipped_quantile,
+            )
+            if cfg.dp_clipping == "adaptive"
+            else dp.gaussian_fixed(cfg.noise_multiplier, float(cfg.clients_per_round), clip=cfg.dp_clip)
+        )
+        return recommended._default_zeroing(factory) if cfg.aggregator_zeroing else factory  # noqa: SLF001
+    if cfg.aggregator == "compression":
+        factory = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+            quantization_bits=cfg.compression_bits, threshold=cfg.compression_threshold
+        )
+        factory = tff.aggregators.MeanFactory(factory) if weighted else tff.aggregators.UnweightedMeanFactory(factory)
+        if cfg.aggregator_clipping:
+            factory = recommended._default_clipping(factory)  # noqa: SLF001
+        if cfg.aggregator_zeroing:
+            factory = recommended._default_zeroing(factory)  # noqa: SLF001
+        return factory
+    raise ValueError(f"aggregator must be one of mean, robust, dp, compression, secure. Got {cfg.aggregator!r}.")
+
+
+def update_bits(cfg: ExperimentConfig, shapes: list[tuple[int, ...]]) -> tuple[int, int]:
+    """(bits one client's update takes as the aggregator encodes it, bits as plain float32).
+
+    For ``compression`` each tensor is really encoded (quantised and bit-packed, plus its min/max),
+    and the encoded tensors are measured: the packing wastes bits, so this is not ``bits/32``.
+    """
+    float_bits = sum(int(np.prod(s)) * 32 for s in shapes)
+    if cfg.aggregator != "compression":
+        return float_bits, float_bits
+    encoded_bits = 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        if size <= cfg.compression_threshold:
+            encoded_bits += size * 32
+            continue
+        encoder = te.core.SimpleEncoder(te.encoders.uniform_quantization(cfg.compression_bits),
+                                        tf.TensorSpec(shape, tf.float32))
+        encoded, _ = encoder.encode(tf.random.stateless_uniform(shape, seed=[0, 0]))
+        encoded_bits += sum(int(np.prod(t.shape)) * t.dtype.size * 8 for t in tf.nest.flatten(encoded))
+    return encoded_bits, float_bits
