@@ -28,7 +28,7 @@ MODELS = ("cnn", "mlp")
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 CLIENT_SAMPLING = ("uniform", "poisson")
 # TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
-AGGREGATORS = ("mean", "robust", "dp", "compression", "secure")
+AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", "custom")
 DP_CLIPPING = ("adaptive", "fixed")
 
 
@@ -164,6 +164,12 @@ class ExperimentConfig:
         10.0, section="Aggregation and privacy", title="DP epsilon budget", minimum=0, maximum=1000000,
         description="A DP run whose planned ε exceeds this fails before training (0: no limit).",
     )
+    custom_aggregator: str = _field(
+        "", section="Aggregation and privacy", title="Custom aggregator factory",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)?$",
+        description="'package.module:function' importable in the TFF environment; called with the config, it "
+        "returns a tff.aggregators factory (aggregator 'custom').",
+    )
     compression_bits: int = _field(
         8, section="Aggregation and privacy", title="Compression bits", minimum=1, maximum=16,
         description="Bits per value of uniformly quantised tensors (aggregator 'compression').",
@@ -175,6 +181,11 @@ class ExperimentConfig:
     seed: int = _field(
         0, section="Algorithm", title="Seed", minimum=0, maximum=2**31 - 1,
         description="Derives partition, initial weights, client sampling and shuffling per round.",
+    )
+    heldout_clients: int = _field(
+        0, section="Chunks and tracking", title="Held-out evaluation clients", minimum=0, maximum=499,
+        description="The last k training clients never train; every eval_every rounds they run federated "
+        "evaluation (tff.learning.algorithms.build_fed_eval).",
     )
     # -- chunks, evaluation, tracking -------------------------------------------------------
     rounds_per_chunk: int = _field(
@@ -207,10 +218,17 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
-        if self.clients_per_round > self.num_clients:
+        training_clients = self.num_clients - self.heldout_clients
+        if self.clients_per_round > training_clients:
             raise ConfigError(
-                f"clients_per_round must be <= num_clients ({self.num_clients}). "
-                f"Got {self.clients_per_round}. Fix: lower clients_per_round or raise num_clients."
+                f"clients_per_round must be <= num_clients - heldout_clients ({training_clients}). "
+                f"Got {self.clients_per_round}. Fix: lower clients_per_round or heldout_clients, or raise num_clients."
+            )
+        if (self.aggregator == "custom") != bool(self.custom_aggregator):
+            raise ConfigError(
+                "custom_aggregator must be set exactly when aggregator is 'custom'. "
+                f"Got aggregator={self.aggregator!r}, custom_aggregator={self.custom_aggregator!r}. "
+                "Fix: set both, e.g. aggregator='custom', custom_aggregator='my_pkg.aggs:build'."
             )
         if self.aggregator == "dp":
             self._check_dp()

@@ -64,8 +64,9 @@ class PrivacyPlan:
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> PrivacyPlan:
-        delta = cfg.dp_delta if cfg.dp_delta > 0 else default_delta(cfg.num_clients)
-        return cls(cfg.noise_multiplier, cfg.clients_per_round / cfg.num_clients, delta, cfg.rounds)
+        population = cfg.num_clients - cfg.heldout_clients  # held-out clients never contribute updates
+        delta = cfg.dp_delta if cfg.dp_delta > 0 else default_delta(population)
+        return cls(cfg.noise_multiplier, cfg.clients_per_round / population, delta, cfg.rounds)
 
     def epsilon(self, rounds: int | None = None, accountant: str = "rdp") -> float:
         return epsilon_after_rounds(

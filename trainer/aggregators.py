@@ -9,6 +9,8 @@ tensors, Suresh et al. 2017) and ``secure`` (``tff.federated_secure_sum_bitwidth
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -21,16 +23,53 @@ from tasks.config import ExperimentConfig
 UNWEIGHTED_ALGORITHMS = {"fedavg_unweighted"}
 
 
-def is_weighted(cfg: ExperimentConfig) -> bool:
-    """DP needs uniform weighting (a client's weight would reveal its example count)."""
+class Error(Exception):
+    """Base class for aggregator errors."""
+
+
+class CustomAggregatorError(Error):
+    """``custom_aggregator`` cannot be imported or does not return an aggregation factory."""
+
+
+def wants_weighted(cfg: ExperimentConfig) -> bool:
+    """Whether built-in aggregators average by example count. DP needs uniform weighting (a client's
+    weight would reveal its example count)."""
     return cfg.aggregator != "dp" and cfg.algorithm not in UNWEIGHTED_ALGORITHMS
+
+
+def is_weighted(cfg: ExperimentConfig, factory: tff.aggregators.AggregationFactory | None) -> bool:
+    """Whether the learning process must be the weighted variant for ``factory``."""
+    if factory is None:
+        return cfg.algorithm not in UNWEIGHTED_ALGORITHMS
+    return isinstance(factory, tff.aggregators.WeightedAggregationFactory)
+
+
+def load_custom_factory(cfg: ExperimentConfig) -> tff.aggregators.AggregationFactory:
+    """Imports ``module:function`` from ``cfg.custom_aggregator`` and calls it with the config."""
+    module_name, _, function_name = cfg.custom_aggregator.partition(":")
+    try:
+        build = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as e:
+        raise CustomAggregatorError(
+            f"custom_aggregator {cfg.custom_aggregator!r} cannot be imported in the TFF environment: {e}. "
+            "Fix: put the module on the project's path (e.g. under the project root) and check the name."
+        ) from e
+    factory = build(cfg)
+    if not isinstance(factory, tff.aggregators.AggregationFactory):
+        raise CustomAggregatorError(
+            f"custom_aggregator {cfg.custom_aggregator!r} must return a tff.aggregators factory. "
+            f"Got {type(factory).__name__}."
+        )
+    return factory
 
 
 def build_model_aggregator(cfg: ExperimentConfig) -> tff.aggregators.AggregationFactory | None:
     """The factory for ``cfg.aggregator``; None means TFF's default mean."""
-    weighted = is_weighted(cfg)
+    weighted = wants_weighted(cfg)
     if cfg.aggregator == "mean":
         return None
+    if cfg.aggregator == "custom":
+        return load_custom_factory(cfg)
     if cfg.aggregator == "robust":
         return tff.learning.robust_aggregator(
             zeroing=cfg.aggregator_zeroing, clipping=cfg.aggregator_clipping, weighted=weighted
@@ -60,7 +99,7 @@ def build_model_aggregator(cfg: ExperimentConfig) -> tff.aggregators.Aggregation
         if cfg.aggregator_zeroing:
             factory = recommended._default_zeroing(factory)  # noqa: SLF001
         return factory
-    raise ValueError(f"aggregator must be one of mean, robust, dp, compression, secure. Got {cfg.aggregator!r}.")
+    raise ValueError(f"aggregator must be one of mean, robust, dp, compression, secure, custom. Got {cfg.aggregator!r}.")
 
 
 def update_bits(cfg: ExperimentConfig, shapes: list[tuple[int, ...]]) -> tuple[int, int]:

@@ -42,30 +42,35 @@ def _server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimize
 
 
 def _fedavg(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    """FedAvg client work; weighted or uniform per ``aggregators.is_weighted`` (DP forces uniform)."""
+    """FedAvg client work, weighted or uniform as the aggregator requires (DP forces uniform)."""
+    factory = aggregators.build_model_aggregator(cfg)
     build = (
         tff.learning.algorithms.build_weighted_fed_avg
-        if aggregators.is_weighted(cfg)
+        if aggregators.is_weighted(cfg, factory)
         else tff.learning.algorithms.build_unweighted_fed_avg
     )
     return build(model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_optimizer(cfg),
-                 model_aggregator=aggregators.build_model_aggregator(cfg))
+                 model_aggregator=factory)
 
 
 def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    factory = aggregators.build_model_aggregator(cfg)
+    if not aggregators.is_weighted(cfg, factory):
+        raise aggregators.Error("fedsgd needs a weighted aggregator. Fix: choose another algorithm or aggregator.")
     return tff.learning.algorithms.build_fed_sgd(
-        model_fn, server_optimizer_fn=_server_optimizer(cfg), model_aggregator=aggregators.build_model_aggregator(cfg)
+        model_fn, server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory
     )
 
 
 def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    factory = aggregators.build_model_aggregator(cfg)
     build = (
         tff.learning.algorithms.build_weighted_fed_prox
-        if aggregators.is_weighted(cfg)
+        if aggregators.is_weighted(cfg, factory)
         else tff.learning.algorithms.build_unweighted_fed_prox
     )
     return build(model_fn, proximal_strength=cfg.proximal_strength, client_optimizer_fn=_client_sgd(cfg),
-                 server_optimizer_fn=_server_optimizer(cfg), model_aggregator=aggregators.build_model_aggregator(cfg))
+                 server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory)
 
 
 ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {

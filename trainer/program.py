@@ -43,6 +43,7 @@ class Experiment:
     process: tff.learning.templates.LearningProcess
     eval_model: tf.keras.Model
     checkpoints: CheckpointStore
+    fed_eval: tff.learning.templates.LearningProcess | None = None
 
 
 def load_experiment(run_dir: Path) -> Experiment:
@@ -55,9 +56,12 @@ def load_experiment(run_dir: Path) -> Experiment:
         # their plain bodies (same bit-width quantisation and modular sums, no cryptography).
         tff.backends.test.set_sync_test_cpp_execution_context()
     # TFF traces model_fn while building the process; build it before any other Keras model.
-    process = algorithms.build_learning_process(cfg, models.tff_model_fn(cfg.model, input_shape, num_classes))
+    model_fn = models.tff_model_fn(cfg.model, input_shape, num_classes)
+    process = algorithms.build_learning_process(cfg, model_fn)
+    fed_eval = tff.learning.algorithms.build_fed_eval(model_fn) if cfg.heldout_clients else None
     eval_model = models.build_keras_model(cfg.model, input_shape, num_classes)
-    return Experiment(cfg, paths, manifest, process, eval_model, CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints))
+    checkpoints = CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints)
+    return Experiment(cfg, paths, manifest, process, eval_model, checkpoints, fed_eval)
 
 
 def initial_state(exp: Experiment):
@@ -143,6 +147,21 @@ def evaluate_central(exp: Experiment, state, test: shards.ClientExamples) -> dic
     return {"test_loss": loss, "test_accuracy": accuracy}
 
 
+def evaluate_heldout(exp: Experiment, state, heldout: list[shards.ClientExamples]) -> dict[str, float]:
+    """Federated evaluation of the current model on the held-out clients (their examples in order)."""
+    eval_state = exp.fed_eval.set_model_weights(exp.fed_eval.initialize(), exp.process.get_model_weights(state))
+    datasets = [
+        tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=c.x, y=c.y)).batch(exp.cfg.batch_size)
+        for c in heldout
+    ]
+    metrics = exp.fed_eval.next(eval_state, datasets).metrics["client_work"]["eval"]["current_round_metrics"]
+    return {
+        "heldout_loss": float(metrics["loss"]),
+        "heldout_accuracy": float(metrics["sparse_categorical_accuracy"]),
+        "heldout_examples": int(metrics["num_examples"]),
+    }
+
+
 def train_until_round(run_dir: Path, until_round: int) -> int:
     """Brings the run in ``run_dir`` to ``until_round``; idempotent. Returns the round reached.
 
@@ -172,9 +191,11 @@ def _train(exp: Experiment, until_round: int) -> int:
     weights = exp.process.get_model_weights(state).trainable
     update_bits, float_bits = aggregators.update_bits(cfg, [tuple(np.shape(w)) for w in weights])
     num_parameters = sum(int(np.size(w)) for w in weights)
-    client_ids = exp.manifest.client_ids("train")
-    clients = {cid: exp.manifest.read_client("train", cid) for cid in client_ids}
-    index = {cid: i for i, cid in enumerate(client_ids)}
+    all_ids = exp.manifest.client_ids("train")
+    clients = {cid: exp.manifest.read_client("train", cid) for cid in all_ids}
+    index = {cid: i for i, cid in enumerate(all_ids)}
+    client_ids = all_ids[: len(all_ids) - cfg.heldout_clients]  # the last heldout_clients never train
+    heldout = [clients[cid] for cid in all_ids[len(client_ids) :]]
     test = exp.manifest.read_split("test")
     for round_num in range(start_round + 1, until_round + 1):
         start = time.perf_counter()
@@ -199,6 +220,8 @@ def _train(exp: Experiment, until_round: int) -> int:
                 row["epsilon_pld"] = plan.epsilon(round_num, accountant="pld")
         if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
             row.update(evaluate_central(exp, state, test))
+            if heldout:
+                row.update(evaluate_heldout(exp, state, heldout))
         row["round_seconds"] = time.perf_counter() - start
         row["wall_time"] = time.time()
         metrics_log.append_row(exp.paths.metrics, row)

@@ -59,3 +59,20 @@ def test_eight_bit_quantisation_of_every_large_tensor_approaches_the_packing_lim
     cfg = ExperimentConfig(aggregator="compression", compression_bits=8, compression_threshold=0)
     encoded, float32 = aggregators.update_bits(cfg, [(1000, 1000)])
     assert float32 / encoded == pytest.approx(3.5, rel=1e-3)
+
+
+def test_a_user_factory_plugs_in_through_the_custom_aggregator_hook(make_run):
+    run = make_run(aggregator="custom", custom_aggregator="tests.trainer.custom_factories:clipped_mean")
+    program.train_until_round(run.root, 2)
+    last = metrics_log.read_rows(run.metrics)[-1]
+    assert any("clipping" in k for k in last), sorted(last)
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("tests.trainer.custom_factories:not_a_factory", "must return a tff.aggregators factory. Got int"),
+    ("tests.trainer.no_such_module:build", "cannot be imported in the TFF environment"),
+])
+def test_a_broken_custom_aggregator_is_reported_with_the_fix(target, message):
+    cfg = ExperimentConfig(aggregator="custom", custom_aggregator=target)
+    with pytest.raises(aggregators.CustomAggregatorError, match=message):
+        aggregators.build_model_aggregator(cfg)

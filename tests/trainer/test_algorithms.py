@@ -59,3 +59,20 @@ def test_uniform_sampling_draws_exactly_clients_per_round_distinct_clients():
     for r in range(1, 50):
         sampled = program.sample_clients(cfg, r, ids)
         assert len(set(sampled)) == 7
+
+
+def test_heldout_clients_never_train_and_are_evaluated_federatedly(make_run, staged):
+    run = make_run(heldout_clients=2, clients_per_round=4, eval_every=2)
+    program.train_until_round(run.root, 2)
+    rows = metrics_log.read_rows(run.metrics)
+    assert "heldout_accuracy" not in rows[0]
+    assert rows[1]["heldout_examples"] == 2 * 24  # the last two synthetic clients, 24 examples each
+    assert 0 <= rows[1]["heldout_accuracy"] <= 1
+    assert all(r["train_examples"] == 4 * 24 for r in rows)  # exactly the four training clients
+
+
+def test_custom_aggregator_and_heldout_settings_are_checked_in_the_config():
+    with pytest.raises(config.ConfigError, match="custom_aggregator must be set exactly when"):
+        config.ExperimentConfig(aggregator="custom")
+    with pytest.raises(config.ConfigError, match=r"num_clients - heldout_clients \(8\)"):
+        config.ExperimentConfig(num_clients=10, heldout_clients=2, clients_per_round=9)
