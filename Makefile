@@ -7,11 +7,12 @@ UV_VERSION := 0.13.8
 UV := $(or $(shell command -v uv 2>/dev/null),$(ROOT)/.tools/bin/uv)
 DEMO_CONF ?= {}
 
-.PHONY: help envs demo test lint airflow-ui mlflow-ui lock clean
+.PHONY: help envs demo test bench lint airflow-ui mlflow-ui lock clean
 
 help:
 	@echo "make demo        build both environments, stage, validate, train and register (embedded Airflow + MLflow)"
 	@echo "make test        the whole test suite (CI runs exactly this)"
+	@echo "make bench       TFF round vs plain Keras, and the cost of a chunk boundary (bench/)"
 	@echo "make airflow-ui  Airflow (standalone) on http://127.0.0.1:8080"
 	@echo "make mlflow-ui   MLflow UI on http://127.0.0.1:5000"
 	@echo "make lock        re-resolve requirements/*.lock from requirements/*.in"
@@ -51,6 +52,9 @@ test: envs
 	.venv/bin/lint-imports
 	PYTHONPATH=$(ROOT) .venv/bin/pytest
 	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python -m pytest tests/trainer
+
+bench: envs
+	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/round_vs_keras.py
 
 lint: envs
 	.venv/bin/ruff check .
