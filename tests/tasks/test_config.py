@@ -34,7 +34,7 @@ def test_every_field_has_a_schema_with_title_description_section_and_a_valid_def
 
     assert set(schemas) == {f.name for f in dataclasses.fields(ExperimentConfig)}
     for name, schema in schemas.items():
-        assert schema["type"] in {"integer", "number", "string"}, name
+        assert schema["type"] in {"integer", "number", "string", "boolean"}, name
         assert schema["title"] and schema["description"] and schema["section"], name
         jsonschema.validate(schema["default"], schema)
         assert getattr(ExperimentConfig(), name) == schema["default"]
@@ -94,7 +94,7 @@ def test_more_clients_per_round_than_clients_is_rejected_naming_both():
         ExperimentConfig(num_clients=5, clients_per_round=6)
 
     message = str(e.value)
-    assert "clients_per_round" in message and "num_clients (5)" in message and "Got 6" in message
+    assert "clients_per_round" in message and "num_clients - heldout_clients (5)" in message and "Got 6" in message
 
 
 def test_too_many_chunks_is_rejected_with_the_smallest_rounds_per_chunk_that_fits():

@@ -76,3 +76,12 @@ def test_a_broken_custom_aggregator_is_reported_with_the_fix(target, message):
     cfg = ExperimentConfig(aggregator="custom", custom_aggregator=target)
     with pytest.raises(aggregators.CustomAggregatorError, match=message):
         aggregators.build_model_aggregator(cfg)
+
+
+def test_the_trainer_and_the_budget_guard_use_the_same_accountant():
+    import importlib.metadata
+
+    # Pinned to one version in both environments (requirements/tff-overrides.txt): same ε to the digit.
+    assert importlib.metadata.version("dp-accounting") == "0.6.0"
+    eps = privacy.epsilon_after_rounds(noise_multiplier=0.7, sampling_rate=12 / 17, rounds=4, delta=1 / 17**1.1)
+    assert eps == pytest.approx(7.39301, abs=1e-5)  # the Airflow side's planned ε for the same setting
