@@ -18,6 +18,7 @@ from tensorflow_federated.python.learning import model_update_aggregator as reco
 from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
 
 from tasks.config import ExperimentConfig
+from trainer import seeded_dp
 
 # Algorithms whose client updates are averaged uniformly even without DP.
 UNWEIGHTED_ALGORITHMS = {"fedavg_unweighted"}
@@ -79,14 +80,16 @@ def build_model_aggregator(cfg: ExperimentConfig) -> tff.aggregators.Aggregation
             zeroing=cfg.aggregator_zeroing, clipping=cfg.aggregator_clipping, weighted=weighted
         )
     if cfg.aggregator == "dp":
-        dp = tff.aggregators.DifferentiallyPrivateFactory
+        # TFF's own mechanisms, with noise seeded from (seed, round) so resumed runs are exact.
         factory = (
-            dp.gaussian_adaptive(
+            seeded_dp.seeded_gaussian_adaptive(
                 cfg.noise_multiplier, float(cfg.clients_per_round), initial_l2_norm_clip=cfg.dp_clip,
-                target_unclipped_quantile=cfg.dp_target_unclipped_quantile,
+                target_unclipped_quantile=cfg.dp_target_unclipped_quantile, seed=cfg.seed,
             )
             if cfg.dp_clipping == "adaptive"
-            else dp.gaussian_fixed(cfg.noise_multiplier, float(cfg.clients_per_round), clip=cfg.dp_clip)
+            else seeded_dp.seeded_gaussian_fixed(
+                cfg.noise_multiplier, float(cfg.clients_per_round), cfg.dp_clip, seed=cfg.seed
+            )
         )
         return recommended._default_zeroing(factory) if cfg.aggregator_zeroing else factory  # noqa: SLF001
     if cfg.aggregator == "compression":
