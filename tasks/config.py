@@ -170,6 +170,11 @@ class ExperimentConfig:
         description="'package.module:function' importable in the TFF environment; called with the config, it "
         "returns a tff.aggregators factory (aggregator 'custom').",
     )
+    compress: bool = _field(
+        False, section="Aggregation and privacy", title="Compress updates",
+        description="Quantise client updates (compression_bits, compression_threshold) under the 'mean', "
+        "'robust' or 'dp' aggregator; 'compression' is the same with robust wrappers, always on.",
+    )
     compression_bits: int = _field(
         8, section="Aggregation and privacy", title="Compression bits", minimum=1, maximum=16,
         description="Bits per value of uniformly quantised tensors (aggregator 'compression').",
@@ -229,6 +234,11 @@ class ExperimentConfig:
                 "custom_aggregator must be set exactly when aggregator is 'custom'. "
                 f"Got aggregator={self.aggregator!r}, custom_aggregator={self.custom_aggregator!r}. "
                 "Fix: set both, e.g. aggregator='custom', custom_aggregator='my_pkg.aggs:build'."
+            )
+        if self.compress and self.aggregator in ("secure", "custom"):
+            raise ConfigError(
+                f"compress composes with the mean, robust and dp aggregators. Got aggregator={self.aggregator!r}. "
+                "Fix: compress=false (secure aggregation quantises already; a custom factory composes its own)."
             )
         if self.aggregator == "dp":
             self._check_dp()

@@ -65,44 +65,57 @@ def load_custom_factory(cfg: ExperimentConfig) -> tff.aggregators.AggregationFac
 
 
 def build_model_aggregator(cfg: ExperimentConfig) -> tff.aggregators.AggregationFactory | None:
-    """The factory for ``cfg.aggregator``; None means TFF's default mean."""
+    """The factory for ``cfg.aggregator``, with compression composed in when ``cfg.compress`` is set
+    (``compression`` is TFF's recipe: robust wrappers around a compressed mean). None: TFF's default."""
     weighted = wants_weighted(cfg)
-    if cfg.aggregator == "mean":
-        return None
     if cfg.aggregator == "custom":
         return load_custom_factory(cfg)
-    if cfg.aggregator == "robust":
-        return tff.learning.robust_aggregator(
-            zeroing=cfg.aggregator_zeroing, clipping=cfg.aggregator_clipping, weighted=weighted
-        )
     if cfg.aggregator == "secure":
         return tff.learning.secure_aggregator(
             zeroing=cfg.aggregator_zeroing, clipping=cfg.aggregator_clipping, weighted=weighted
         )
     if cfg.aggregator == "dp":
-        # TFF's own mechanisms, with noise seeded from (seed, round) so resumed runs are exact.
-        factory = (
-            seeded_dp.seeded_gaussian_adaptive(
-                cfg.noise_multiplier, float(cfg.clients_per_round), initial_l2_norm_clip=cfg.dp_clip,
-                target_unclipped_quantile=cfg.dp_target_unclipped_quantile, seed=cfg.seed,
-            )
-            if cfg.dp_clipping == "adaptive"
-            else seeded_dp.seeded_gaussian_fixed(
-                cfg.noise_multiplier, float(cfg.clients_per_round), cfg.dp_clip, seed=cfg.seed
-            )
+        return _dp_factory(cfg)
+    compressed = compresses(cfg)
+    if cfg.aggregator == "mean" and not compressed:
+        return None
+    inner = _compressed_sum(cfg) if compressed else None
+    factory = tff.aggregators.MeanFactory(inner) if weighted else tff.aggregators.UnweightedMeanFactory(inner)
+    robust = cfg.aggregator in ("robust", "compression")
+    if robust and cfg.aggregator_clipping:
+        factory = recommended._default_clipping(factory)  # noqa: SLF001 - TFF 0.87's own wrapper (pinned)
+    if robust and cfg.aggregator_zeroing:
+        factory = recommended._default_zeroing(factory)  # noqa: SLF001
+    return factory
+
+
+def compresses(cfg: ExperimentConfig) -> bool:
+    return cfg.aggregator == "compression" or (cfg.compress and cfg.aggregator in ("mean", "robust", "dp"))
+
+
+def _compressed_sum(cfg: ExperimentConfig) -> tff.aggregators.UnweightedAggregationFactory:
+    return tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+        quantization_bits=cfg.compression_bits, threshold=cfg.compression_threshold
+    )
+
+
+def _dp_factory(cfg: ExperimentConfig) -> tff.aggregators.UnweightedAggregationFactory:
+    # TFF's own mechanisms with noise seeded from (seed, round), so resumed runs are exact. With
+    # compression, clients send quantised clipped updates; the server adds the noise to their sum.
+    inner = _compressed_sum(cfg) if compresses(cfg) else None
+    factory = (
+        seeded_dp.seeded_gaussian_adaptive(
+            cfg.noise_multiplier, float(cfg.clients_per_round), initial_l2_norm_clip=cfg.dp_clip,
+            target_unclipped_quantile=cfg.dp_target_unclipped_quantile, seed=cfg.seed,
+            record_aggregation_factory=inner,
         )
-        return recommended._default_zeroing(factory) if cfg.aggregator_zeroing else factory  # noqa: SLF001
-    if cfg.aggregator == "compression":
-        factory = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
-            quantization_bits=cfg.compression_bits, threshold=cfg.compression_threshold
+        if cfg.dp_clipping == "adaptive"
+        else seeded_dp.seeded_gaussian_fixed(
+            cfg.noise_multiplier, float(cfg.clients_per_round), cfg.dp_clip, seed=cfg.seed,
+            record_aggregation_factory=inner,
         )
-        factory = tff.aggregators.MeanFactory(factory) if weighted else tff.aggregators.UnweightedMeanFactory(factory)
-        if cfg.aggregator_clipping:
-            factory = recommended._default_clipping(factory)  # noqa: SLF001
-        if cfg.aggregator_zeroing:
-            factory = recommended._default_zeroing(factory)  # noqa: SLF001
-        return factory
-    raise ValueError(f"aggregator must be one of mean, robust, dp, compression, secure, custom. Got {cfg.aggregator!r}.")
+    )
+    return recommended._default_zeroing(factory) if cfg.aggregator_zeroing else factory  # noqa: SLF001
 
 
 def update_bits(cfg: ExperimentConfig, shapes: list[tuple[int, ...]]) -> tuple[int, int]:
@@ -112,7 +125,7 @@ def update_bits(cfg: ExperimentConfig, shapes: list[tuple[int, ...]]) -> tuple[i
     and the encoded tensors are measured: the packing wastes bits, so this is not ``bits/32``.
     """
     float_bits = sum(int(np.prod(s)) * 32 for s in shapes)
-    if cfg.aggregator != "compression":
+    if not compresses(cfg):
         return float_bits, float_bits
     encoded_bits = 0
     for shape in shapes:

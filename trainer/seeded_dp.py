@@ -105,16 +105,18 @@ class SeededQuantileAdaptiveClipSumQuery(tfp.QuantileAdaptiveClipSumQuery):
         return noised_vectors, new_global_state, dp_accounting.ComposedDpEvent(events=[sum_event, quantile_event])
 
 
-def seeded_gaussian_fixed(noise_multiplier: float, clients_per_round: float, clip: float, *, seed: int):
+def seeded_gaussian_fixed(noise_multiplier: float, clients_per_round: float, clip: float, *, seed: int,
+                          record_aggregation_factory=None):
     """As ``DifferentiallyPrivateFactory.gaussian_fixed``, with seeded noise."""
     query = SeededGaussianSumQuery(clip, clip * noise_multiplier, seed=seed, stream=VALUE_STREAM)
     return tff.aggregators.DifferentiallyPrivateFactory(
-        normalized_query.NormalizedQuery(query, denominator=clients_per_round)
+        normalized_query.NormalizedQuery(query, denominator=clients_per_round), record_aggregation_factory
     )
 
 
 def seeded_gaussian_adaptive(noise_multiplier: float, clients_per_round: float, *, initial_l2_norm_clip: float,
-                             target_unclipped_quantile: float, seed: int, learning_rate: float = 0.2):
+                             target_unclipped_quantile: float, seed: int, learning_rate: float = 0.2,
+                             record_aggregation_factory=None):
     """As ``DifferentiallyPrivateFactory.gaussian_adaptive`` (same noise split), with seeded noise."""
     value_noise_multiplier, clipped_count_stddev = adaptive_clip_noise_params(noise_multiplier, clients_per_round)
     query = SeededQuantileAdaptiveClipSumQuery(
@@ -122,5 +124,5 @@ def seeded_gaussian_adaptive(noise_multiplier: float, clients_per_round: float, 
         clipped_count_stddev, clients_per_round, True, seed=seed,
     )
     return tff.aggregators.DifferentiallyPrivateFactory(
-        normalized_query.NormalizedQuery(query, denominator=clients_per_round)
+        normalized_query.NormalizedQuery(query, denominator=clients_per_round), record_aggregation_factory
     )

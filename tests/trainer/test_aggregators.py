@@ -85,3 +85,19 @@ def test_the_trainer_and_the_budget_guard_use_the_same_accountant():
     assert importlib.metadata.version("dp-accounting") == "0.6.0"
     eps = privacy.epsilon_after_rounds(noise_multiplier=0.7, sampling_rate=12 / 17, rounds=4, delta=1 / 17**1.1)
     assert eps == pytest.approx(7.39301, abs=1e-5)  # the Airflow side's planned ε for the same setting
+
+
+def test_compression_composes_with_dp_clients_send_quantised_clipped_updates(make_run):
+    run = make_run(aggregator="dp", algorithm="fedavg_unweighted", clients_per_round=6, noise_multiplier=0.5,
+                   dp_epsilon_budget=0, compress=True, compression_threshold=1000)
+    program.train_until_round(run.root, 2)
+    last = metrics_log.read_rows(run.metrics)[-1]
+    assert last["compression_ratio"] > 2 and last["epsilon"] > 0
+    assert last["bits_sent"] == aggregators.update_bits(ExperimentConfig.read_json(run.config), MLP_SHAPES)[0] * 6
+
+
+def test_compression_does_not_compose_with_secure_or_custom_aggregators():
+    from tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match="compress composes with the mean, robust and dp aggregators"):
+        ExperimentConfig(aggregator="secure", compress=True)
