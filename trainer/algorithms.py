@@ -24,6 +24,9 @@ from tasks.config import ExperimentConfig
 from trainer import aggregators
 
 LearningProcess = tff.learning.templates.LearningProcess
+# Clients iterate their batches with a Python-style iterator rather than `dataset.reduce` (TFF's
+# default): measured 1.6-1.9x faster per round here (`make bench`), same arithmetic.
+LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
 
 
 def _client_sgd(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
@@ -50,7 +53,7 @@ def _fedavg(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
         else tff.learning.algorithms.build_unweighted_fed_avg
     )
     return build(model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_optimizer(cfg),
-                 model_aggregator=factory)
+                 model_aggregator=factory, loop_implementation=LOOP)
 
 
 def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
@@ -58,7 +61,7 @@ def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
     if not aggregators.is_weighted(cfg, factory):
         raise aggregators.Error("fedsgd needs a weighted aggregator. Fix: choose another algorithm or aggregator.")
     return tff.learning.algorithms.build_fed_sgd(
-        model_fn, server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory
+        model_fn, server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory, loop_implementation=LOOP
     )
 
 
@@ -70,7 +73,7 @@ def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
         else tff.learning.algorithms.build_unweighted_fed_prox
     )
     return build(model_fn, proximal_strength=cfg.proximal_strength, client_optimizer_fn=_client_sgd(cfg),
-                 server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory)
+                 server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory, loop_implementation=LOOP)
 
 
 ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {
