@@ -201,20 +201,21 @@ def _train(exp: Experiment, until_round: int) -> int:
         start = time.perf_counter()
         sampled = sample_clients(cfg, round_num, client_ids)
         row = {"round": round_num, "clients_sampled": len(sampled)}
-        if sampled:
+        if sampled or plan is not None:  # DP: an empty round still releases noise, as its analysis assumes
             datasets = [client_dataset(exp, clients[cid], index[cid], round_num) for cid in sampled]
             output = exp.process.next(state, datasets)
             state = output.state
-            row.update(round_metrics(output.metrics))
-        else:  # Poisson sampling drew nobody: the round passes with the model unchanged
-            log.warning("Round %d sampled no clients; the model is unchanged", round_num)
+            if sampled:
+                row.update(round_metrics(output.metrics))
+        if not sampled:  # Poisson sampling drew nobody
+            log.warning("Round %d sampled no clients%s", round_num, "" if plan else "; the model is unchanged")
         row.update(
             bits_sent=update_bits * len(sampled),
             bits_float32=float_bits * len(sampled),
             compression_ratio=float_bits / update_bits,
             bits_per_parameter=update_bits / num_parameters,
         )
-        if plan is not None:  # the round happened (noise was added) whether or not anybody was sampled
+        if plan is not None:
             row.update(epsilon=plan.epsilon(round_num), delta=plan.delta, noise_multiplier=cfg.noise_multiplier)
             if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
                 row["epsilon_pld"] = plan.epsilon(round_num, accountant="pld")

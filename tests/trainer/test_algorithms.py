@@ -76,3 +76,16 @@ def test_custom_aggregator_and_heldout_settings_are_checked_in_the_config():
         config.ExperimentConfig(aggregator="custom")
     with pytest.raises(config.ConfigError, match=r"num_clients - heldout_clients \(8\)"):
         config.ExperimentConfig(num_clients=10, heldout_clients=2, clients_per_round=9)
+
+
+def test_an_empty_poisson_round_still_adds_dp_noise(make_run):
+    # With 6 clients and q = 1/6, some rounds sample nobody; a DP round must still release noise.
+    run = make_run(aggregator="dp", algorithm="fedavg_unweighted", clients_per_round=1, client_sampling="poisson",
+                   noise_multiplier=0.05, dp_clipping="fixed", dp_epsilon_budget=0, rounds=12, rounds_per_chunk=12)
+    cfg = config.ExperimentConfig.read_json(run.config)
+    ids = [f"c{i}" for i in range(6)]
+    empty = next(r for r in range(1, 13) if not program.sample_clients(cfg, r, ids))
+    program.train_until_round(run.root, empty)
+    before, after = checkpoint(run, empty - 1).leaves, checkpoint(run, empty).leaves
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert metrics_log.read_rows(run.metrics)[-1]["clients_sampled"] == 0
