@@ -135,3 +135,21 @@ def test_corrupt_staged_data_stops_the_run_before_training_and_fails_its_mlflow_
     run = mlflow_client(airflow_env).get_run(json.loads((run_dir / "mlflow_run.json").read_text())["run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["fedflow.validation"] == "failed"
+
+
+def test_an_engine_configured_from_trigger_params_logs_epsilon_bits_and_heldout_metrics(airflow_env, tmp_path):
+    conf = {**CONF, "algorithm": "fedadam", "server_learning_rate": 0.05, "aggregator": "dp",
+            "client_sampling": "poisson", "clients_per_round": 4, "num_clients": 10, "heldout_clients": 2,
+            "noise_multiplier": 0.3, "compress": True, "compression_threshold": 1000, "dp_epsilon_budget": 100,
+            "registered_model_name": "e2e-dp"}
+    log = tmp_path / "dp.log"
+    done = airflow(airflow_env, "dags", "test", "federated_training", "-c", json.dumps(conf), log=log)
+    assert done.returncode == 0, log.read_text()[-5000:]
+    c = mlflow_client(airflow_env)
+    [run] = c.search_runs([c.get_experiment_by_name("e2e").experiment_id], "params.aggregator = 'dp'")
+    epsilons = c.get_metric_history(run.info.run_id, "epsilon")
+    assert [m.step for m in epsilons] == [1, 2, 3, 4]
+    assert epsilons[-1].value == pytest.approx(float(run.data.tags["fedflow.dp_planned_epsilon"]), rel=1e-5)
+    assert run.data.metrics["compression_ratio"] > 2
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "heldout_accuracy")] == [2, 4]
+    assert run.data.params["algorithm"] == "fedadam"
