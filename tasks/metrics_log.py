@@ -25,23 +25,30 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Complete rows in file order; a torn last line (a writer killed mid-write) is ignored."""
+    return _parse(path)[0]
+
+
+def _parse(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(complete rows, number of lines in the file)."""
     if not Path(path).exists():
-        return []
+        return [], 0
+    lines = Path(path).read_text().splitlines(keepends=True)
     rows = []
-    for line in Path(path).read_text().splitlines(keepends=True):
+    for line in lines:
         if not line.endswith("\n"):
             break
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break
-    return rows
+    return rows, len(lines)
 
 
 def truncate_after(path: Path, round_num: int) -> int:
-    """Keeps only rows with ``round <= round_num``; returns how many rows were dropped."""
-    rows = read_rows(path)
+    """Keeps only rows with ``round <= round_num`` (and drops a torn last line); returns how many
+    complete rows were dropped."""
+    rows, num_lines = _parse(path)
     kept = [r for r in rows if r["round"] <= round_num]
-    if len(kept) != len(rows) or (Path(path).exists() and len(Path(path).read_text().splitlines()) != len(rows)):
+    if len(kept) != num_lines:
         atomic.write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
     return len(rows) - len(kept)

@@ -76,6 +76,7 @@ def check_structure(manifest: shards.Manifest, cfg: ExperimentConfig) -> list[st
             problems.append(f"shard {name} does not match its manifest checksum (modified or truncated)")
     if problems:
         return problems
+    shard_metadata = {name: pq.ParquetFile(manifest.root / name).metadata for name in manifest.data["files"]}
     for split in ("train", "test"):
         clients = manifest.data["splits"][split]["clients"]
         if not clients:
@@ -84,8 +85,10 @@ def check_structure(manifest: shards.Manifest, cfg: ExperimentConfig) -> list[st
         if len(set(ids)) != len(ids):
             problems.append(f"split {split!r} lists duplicate client ids")
         for c in clients:
-            metadata = pq.ParquetFile(manifest.root / c["shard"]).metadata
-            if c["row_group"] >= metadata.num_row_groups:
+            metadata = shard_metadata.get(c["shard"])
+            if metadata is None:
+                problems.append(f"client {c['id']}: shard {c['shard']} is not among the manifest's files")
+            elif c["row_group"] >= metadata.num_row_groups:
                 problems.append(f"client {c['id']}: row group {c['row_group']} is not in {c['shard']}")
             elif metadata.row_group(c["row_group"]).num_rows != c["num_examples"]:
                 problems.append(

@@ -44,16 +44,17 @@ def _server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimize
     return tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate)
 
 
-def _fedavg(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    """FedAvg client work, weighted or uniform as the aggregator requires (DP forces uniform)."""
+def _local_training(cfg: ExperimentConfig, model_fn: Callable, weighted, unweighted, **extra) -> LearningProcess:
+    """Local-SGD client work, weighted or uniform as the aggregator requires (DP forces uniform)."""
     factory = aggregators.build_model_aggregator(cfg)
-    build = (
-        tff.learning.algorithms.build_weighted_fed_avg
-        if aggregators.is_weighted(cfg, factory)
-        else tff.learning.algorithms.build_unweighted_fed_avg
-    )
+    build = weighted if aggregators.is_weighted(cfg, factory) else unweighted
     return build(model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_optimizer(cfg),
-                 model_aggregator=factory, loop_implementation=LOOP)
+                 model_aggregator=factory, loop_implementation=LOOP, **extra)
+
+
+def _fedavg(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    algorithms = tff.learning.algorithms
+    return _local_training(cfg, model_fn, algorithms.build_weighted_fed_avg, algorithms.build_unweighted_fed_avg)
 
 
 def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
@@ -66,14 +67,9 @@ def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
 
 
 def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    factory = aggregators.build_model_aggregator(cfg)
-    build = (
-        tff.learning.algorithms.build_weighted_fed_prox
-        if aggregators.is_weighted(cfg, factory)
-        else tff.learning.algorithms.build_unweighted_fed_prox
-    )
-    return build(model_fn, proximal_strength=cfg.proximal_strength, client_optimizer_fn=_client_sgd(cfg),
-                 server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory, loop_implementation=LOOP)
+    algorithms = tff.learning.algorithms
+    return _local_training(cfg, model_fn, algorithms.build_weighted_fed_prox, algorithms.build_unweighted_fed_prox,
+                           proximal_strength=cfg.proximal_strength)
 
 
 ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {
