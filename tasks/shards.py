@@ -1,16 +1,27 @@
 """The staged-data layout: Parquet shards with one row group per client, plus ``manifest.json``.
 
-A shard holds up to ``clients_per_shard`` clients, each client's examples in one row group, so reading
-one client is one row-group read (no scan of the data set). Features are stored as fixed-size binary
-(raw little-endian tensors): measured ~10x faster to decode than Parquet list columns.
+A shard holds a run of clients, each client's examples in exactly one row group, so reading one client
+is one row-group read at a byte range the manifest records (no scan of the data set). Column encodings,
+chosen by measurement (``bench/parquet_layout.py``, numbers in the README):
 
-Used by the stage step (writing) and by the trainer (reading); numpy and pyarrow only.
+- a tensor per example (an image, a feature vector) -> ``fixed_size_binary`` of its raw little-endian
+  bytes: decoding is a zero-copy ``np.frombuffer``, ~10x faster than a Parquet list column;
+- a scalar per example (label, item id, rating) -> the plain Parquet type;
+- text -> a UTF-8 ``string`` column.
+
+Every row also carries its ``client_id`` (dictionary-encoded, costs almost nothing) so a shard is
+self-describing and validation can name the client of a bad value. Client ids are data: file names
+are ``<split>-NNNNN.parquet`` and never contain an id.
+
+Used by the stage step (writing, streaming one client at a time) and by the trainer (reading);
+numpy and pyarrow only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +31,28 @@ import pyarrow.parquet as pq
 
 from tasks import atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+CLIENT_ID = "client_id"
+KINDS = ("image", "vector", "text", "ratings")
+NUMERIC_DTYPES = ("float32", "float64", "int64", "int32", "uint8", "int16", "uint16", "int8")
+MAX_CLIENT_ID_BYTES = 256
+# A new shard starts after this many clients or bytes, whichever comes first.
+CLIENTS_PER_SHARD = 256
+SHARD_TARGET_BYTES = 64 << 20
+COMPRESSION = "none"  # measured: the float features barely compress, and decoding costs (README)
 
 
 class Error(Exception):
     """Base class for shard errors."""
+
+
+class SchemaError(Error, ValueError):
+    """Examples do not match the declared schema (dtype, shape, columns, lengths)."""
+
+
+class ClientIdError(Error, ValueError):
+    """A client id is empty, too long, or looks like a path (separators, '..', control characters)."""
 
 
 class UnknownClientError(Error, KeyError):
@@ -33,95 +60,341 @@ class UnknownClientError(Error, KeyError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Feature:
-    column: str
+class Column:
+    """One per-example field: ``dtype`` is a numpy dtype name or ``'string'``; ``shape`` per example."""
+
+    name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.dtype != "string" and self.dtype not in NUMERIC_DTYPES:
+            raise SchemaError(f"column {self.name!r}: dtype must be one of {[*NUMERIC_DTYPES, 'string']}. "
+                              f"Got {self.dtype!r}.")
+        if self.dtype == "string" and self.shape:
+            raise SchemaError(f"column {self.name!r}: a string column holds one string per example. "
+                              f"Got shape {self.shape}.")
+        if any(d < 1 for d in self.shape):
+            raise SchemaError(f"column {self.name!r}: every dimension must be >= 1. Got shape {self.shape}.")
+        if self.name == CLIENT_ID:
+            raise SchemaError(f"column name {CLIENT_ID!r} is reserved for the client id.")
+
+    @property
+    def encoding(self) -> str:
+        if self.dtype == "string":
+            return "string"
+        return "fixed_size_binary" if self.shape else "plain"
 
     @property
     def nbytes(self) -> int:
+        """Bytes per example (numeric columns)."""
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def arrow_type(self) -> pa.DataType:
+        if self.encoding == "string":
+            return pa.string()
+        if self.encoding == "fixed_size_binary":
+            return pa.binary(self.nbytes)
+        return pa.from_numpy_dtype(np.dtype(self.dtype))
+
+    def to_arrow(self, values: Any, client_id: str) -> pa.Array:
+        """Checks ``values`` against the column (dtype kind, shape) and encodes them."""
+        if self.encoding == "string":
+            strings = list(values)
+            bad = [v for v in strings[:1000] if not isinstance(v, str)]
+            if bad:
+                raise SchemaError(f"client {client_id!r}, column {self.name!r}: expected text (str). "
+                                  f"Got {type(bad[0]).__name__} values, e.g. {bad[0]!r}.")
+            return pa.array(strings, pa.string())
+        array = np.asarray(values)
+        if array.shape[1:] != self.shape:
+            raise SchemaError(f"client {client_id!r}, column {self.name!r}: expected examples of shape "
+                              f"{self.shape}. Got {array.shape[1:]} (array shape {array.shape}).")
+        target = np.dtype(self.dtype)
+        if array.dtype.kind not in "biuf":
+            raise SchemaError(f"client {client_id!r}, column {self.name!r}: expected numbers ({self.dtype}). "
+                              f"Got dtype {array.dtype}, e.g. {array.reshape(-1)[:3].tolist()}.")
+        if target.kind in "iu" and array.size:
+            if array.dtype.kind == "f":
+                whole = np.isfinite(array) & (array == np.round(array))
+                if not whole.all():
+                    raise SchemaError(f"client {client_id!r}, column {self.name!r}: expected whole numbers "
+                                      f"({self.dtype}). Got e.g. {array[~whole][:3].tolist()}.")
+            info = np.iinfo(target)
+            low, high = array.min(), array.max()
+            if low < info.min or high > info.max:
+                raise SchemaError(f"client {client_id!r}, column {self.name!r}: values must fit {self.dtype} "
+                                  f"[{info.min}, {info.max}]. Got range [{low}, {high}].")
+        array = np.ascontiguousarray(array, dtype=target.newbyteorder("<"))
+        if self.encoding == "plain":
+            return pa.array(array.astype(target, copy=False))
+        return pa.FixedSizeBinaryArray.from_buffers(self.arrow_type(), len(array), [None, pa.py_buffer(array)])
+
+    def from_arrow(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        if self.encoding == "string":
+            return np.array([v for c in chunks for v in c.to_pylist()], dtype=object)
+        if self.encoding == "plain":
+            parts = [c.to_numpy(zero_copy_only=False) for c in chunks]
+            return np.concatenate(parts).astype(self.dtype, copy=False) if parts else np.zeros(0, self.dtype)
+        dtype = np.dtype(self.dtype).newbyteorder("<")
+        parts = []
+        for c in chunks:
+            raw = np.frombuffer(c.buffers()[1], dtype=np.uint8, count=len(c) * self.nbytes, offset=c.offset * self.nbytes)
+            parts.append(raw.view(dtype).reshape(len(c), *self.shape))
+        if not parts:
+            return np.zeros((0, *self.shape), dtype=self.dtype)
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return out.astype(self.dtype, copy=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Column:
+        return cls(value["name"], value["dtype"], tuple(value.get("shape", ())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """What one example of a staged data set holds and what each column means.
+
+    ``kind``: ``image`` (``x`` is an image: (h, w) or (h, w, c)), ``vector`` (``x`` is a feature
+    vector), ``text`` (``x`` is a string), ``ratings`` (user-item interactions; no ``x``).
+    ``x`` names the model-input column and ``label`` the class column (``num_classes`` classes).
+    """
+
+    kind: str
+    columns: tuple[Column, ...]
+    x: str | None = None
+    label: str | None = None
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        if self.kind not in KINDS:
+            raise SchemaError(f"kind must be one of {list(KINDS)}. Got {self.kind!r}.")
+        names = [c.name for c in self.columns]
+        if not names or len(set(names)) != len(names):
+            raise SchemaError(f"columns must be non-empty with distinct names. Got {names}.")
+        for role in ("x", "label"):
+            name = getattr(self, role)
+            if name is not None and name not in names:
+                raise SchemaError(f"{role} column {name!r} is not among the columns {names}.")
+        if self.label is not None:
+            label = self.column(self.label)
+            if label.dtype not in ("int64", "int32", "int16", "int8", "uint8", "uint16") or label.shape:
+                raise SchemaError(f"label column {self.label!r} must be a scalar integer. Got {label.dtype} "
+                                  f"{label.shape}.")
+            if self.num_classes is not None and self.num_classes < 1:
+                raise SchemaError(f"num_classes must be >= 1 (or None: inferred from the labels). "
+                                  f"Got {self.num_classes}.")
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise SchemaError(f"no column {name!r}; the columns are {[c.name for c in self.columns]}.")
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(CLIENT_ID, pa.string()), *((c.name, c.arrow_type()) for c in self.columns)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "columns": [c.to_json() for c in self.columns], "x": self.x,
+                "label": self.label, "num_classes": self.num_classes}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Schema:
+        return cls(value["kind"], tuple(Column.from_json(c) for c in value["columns"]), value.get("x"),
+                   value.get("label"), value.get("num_classes"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Client:
+    """One client's examples, column by column (every column has the same length)."""
+
+    client_id: str
+    columns: Mapping[str, Any]
+
+    @property
+    def num_examples(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
 @dataclasses.dataclass(frozen=True)
 class ClientExamples:
+    """A client of an ``image``/``vector`` data set as model input ``x`` and integer labels ``y``."""
+
     client_id: str
     x: np.ndarray
     y: np.ndarray
 
 
-def write_split(
-    out_dir: Path,
-    split: str,
-    clients: Sequence[ClientExamples],
-    x_feature: Feature,
-    *,
-    clients_per_shard: int = 64,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Writes ``clients`` as shards ``<split>-NNNNN.parquet``; returns (client entries, file entries)."""
-    schema = pa.schema(
-        [("client_id", pa.string()), (x_feature.column, pa.binary(x_feature.nbytes)), ("label", pa.int64())]
-    )
-    entries, files = [], {}
-    for shard_index, start in enumerate(range(0, len(clients), clients_per_shard)):
-        name = f"{split}-{shard_index:05d}.parquet"
-        with pq.ParquetWriter(out_dir / name, schema) as writer:
-            for row_group, client in enumerate(clients[start : start + clients_per_shard]):
-                writer.write_table(_client_table(client, x_feature, schema), row_group_size=max(1, len(client.y)))
-                entries.append(
-                    {
-                        "id": client.client_id,
-                        "shard": name,
-                        "row_group": row_group,
-                        "num_examples": int(len(client.y)),
-                        "label_counts": _label_counts(client.y),
-                    }
-                )
-        files[name] = {"sha256": atomic.sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size}
-    return entries, files
+def check_client_id(client_id: Any) -> str:
+    """Returns ``client_id`` if it is usable as data; raises ClientIdError naming the problem.
 
-
-def write_dataset(
-    out_dir: Path,
-    splits: dict[str, Sequence[ClientExamples]],
-    x_feature: Feature,
-    *,
-    num_classes: int,
-    metadata: dict[str, Any],
-) -> dict[str, Any]:
-    """Writes every split's shards and then ``manifest.json`` (last: its presence marks completion).
-
-    ``metadata`` (dataset, fingerprint, settings, source, ...) is stored in the manifest as given.
+    Ids are never file names here, but they travel into logs, MLflow tables and other tools' paths:
+    refuse what looks like a path or a control sequence. Any other Unicode is kept as is.
     """
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        **metadata,
-        "num_classes": num_classes,
-        "features": {
-            "x": {"column": x_feature.column, "dtype": x_feature.dtype, "shape": list(x_feature.shape)},
-            "y": {"column": "label", "dtype": "int64", "shape": []},
-        },
-        "splits": {},
-        "files": {},
-    }
-    for split, clients in splits.items():
-        entries, files = write_split(out_dir, split, clients, x_feature)
-        manifest["splits"][split] = {"num_examples": sum(e["num_examples"] for e in entries), "clients": entries}
-        manifest["files"].update(files)
-    atomic.write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    if not isinstance(client_id, str):
+        raise ClientIdError(f"client id must be a string. Got {client_id!r} ({type(client_id).__name__}).")
+    shown = client_id if len(client_id) <= 80 else client_id[:77] + "..."
+    if not client_id.strip():
+        raise ClientIdError(f"client id must be non-blank. Got {client_id!r}. Fix: give every client an id.")
+    if len(client_id.encode()) > MAX_CLIENT_ID_BYTES:
+        raise ClientIdError(f"client id must be at most {MAX_CLIENT_ID_BYTES} bytes (UTF-8). Got "
+                            f"{len(client_id.encode())} bytes: {shown!r}. Fix: shorten or hash the ids.")
+    if "/" in client_id or "\\" in client_id or client_id in (".", "..") or ".." in client_id.split("/"):
+        raise ClientIdError(f"client id must not contain path separators or be '.'/'..'. Got {shown!r}. "
+                            "Fix: replace '/' and '\\' in the source's ids.")
+    if client_id.startswith("..") or "/.." in client_id or "..\\" in client_id:
+        raise ClientIdError(f"client id must not contain '..' path segments. Got {shown!r}.")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in client_id):
+        raise ClientIdError(f"client id must not contain control or invisible format characters. Got {shown!r}.")
+    return client_id
 
 
-def _client_table(client: ClientExamples, x_feature: Feature, schema: pa.Schema) -> pa.Table:
-    x = np.ascontiguousarray(client.x, dtype=np.dtype(x_feature.dtype).newbyteorder("<"))
-    if x.shape[1:] != x_feature.shape:
-        raise Error(f"Client {client.client_id}: expected x of shape (n, {x_feature.shape}). Got {x.shape}.")
-    raw = pa.py_buffer(x.tobytes())
-    x_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(x_feature.nbytes), len(x), [None, raw])
-    return pa.Table.from_arrays(
-        [pa.array([client.client_id] * len(x), pa.string()), x_array, pa.array(client.y, pa.int64())],
-        schema=schema,
-    )
+@dataclasses.dataclass
+class _ShardState:
+    name: str
+    writer: pq.ParquetWriter
+    clients: int = 0
+    bytes: int = 0
+
+
+class DatasetWriter:
+    """Streams clients into shards: ``add`` one client at a time, then ``finish`` writes the manifest.
+
+    Memory stays at about one client's examples, whatever the data set's size. ``finish`` writes
+    ``manifest.json`` last: its presence marks a complete data set.
+    """
+
+    def __init__(self, out_dir: Path, schema: Schema, *, clients_per_shard: int = CLIENTS_PER_SHARD,
+                 shard_target_bytes: int = SHARD_TARGET_BYTES, compression: str = COMPRESSION) -> None:
+        self.out_dir = Path(out_dir)
+        self.schema = schema
+        self.arrow_schema = schema.arrow_schema()
+        self.clients_per_shard = clients_per_shard
+        self.shard_target_bytes = shard_target_bytes
+        self.compression = compression
+        self._open: dict[str, _ShardState] = {}
+        self._shard_count: dict[str, int] = {}
+        self._entries: dict[str, list[dict[str, Any]]] = {}
+        self._ids: dict[str, set[str]] = {}
+        self._closed: list[str] = []
+        self._max_label = -1
+
+    def add(self, split: str, client: Client) -> None:
+        client_id = check_client_id(client.client_id)
+        ids = self._ids.setdefault(split, set())
+        if client_id in ids:
+            raise SchemaError(f"client {client_id!r} appears twice in split {split!r}. Fix: make client ids "
+                              "unique in the source (or merge the duplicate's examples).")
+        table = self._table(client)
+        if table.num_rows == 0:
+            raise SchemaError(f"client {client_id!r} in split {split!r} has no examples. Fix: drop empty clients "
+                              "from the source.")
+        state = self._shard(split)
+        state.writer.write_table(table, row_group_size=table.num_rows)
+        entry: dict[str, Any] = {"id": client_id, "shard": state.name, "row_group": state.clients,
+                                 "num_examples": table.num_rows}
+        if self.schema.label is not None:
+            labels = np.asarray(client.columns[self.schema.label])
+            if labels.size and labels.min() < 0:
+                raise SchemaError(f"client {client_id!r}: labels must be >= 0. Got {labels[labels < 0][:5].tolist()}. "
+                                  "Fix: map the source's classes to 0..num_classes-1.")
+            entry["label_counts"] = _label_counts(labels)
+            if labels.size:
+                self._max_label = max(self._max_label, int(labels.max()))
+        self._entries.setdefault(split, []).append(entry)
+        ids.add(client_id)
+        state.clients += 1
+        state.bytes += table.nbytes
+        if state.clients >= self.clients_per_shard or state.bytes >= self.shard_target_bytes:
+            self._close(split)
+
+    def _table(self, client: Client) -> pa.Table:
+        names = [c.name for c in self.schema.columns]
+        missing = [n for n in names if n not in client.columns]
+        extra = [n for n in client.columns if n not in names]
+        if missing or extra:
+            raise SchemaError(f"client {client.client_id!r}: columns {sorted(client.columns)} do not match the "
+                              f"schema's {names} (missing {missing}, unexpected {extra}).")
+        lengths = {n: len(client.columns[n]) for n in names}
+        if len(set(lengths.values())) > 1:
+            raise SchemaError(f"client {client.client_id!r}: columns have different lengths {lengths}.")
+        n = next(iter(lengths.values()))
+        arrays = [pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([client.client_id]))
+                  .cast(pa.string())]
+        arrays += [c.to_arrow(client.columns[c.name], client.client_id) for c in self.schema.columns]
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+    def _shard(self, split: str) -> _ShardState:
+        if split not in self._open:
+            index = self._shard_count.get(split, 0)
+            self._shard_count[split] = index + 1
+            name = f"{split}-{index:05d}.parquet"
+            writer = pq.ParquetWriter(self.out_dir / name, self.arrow_schema, compression=self.compression,
+                                      use_dictionary=[CLIENT_ID], write_statistics=[CLIENT_ID])
+            self._open[split] = _ShardState(name, writer)
+        return self._open[split]
+
+    def _close(self, split: str) -> None:
+        state = self._open.pop(split)
+        state.writer.close()
+        self._closed.append(state.name)
+
+    def abort(self) -> None:
+        for split in list(self._open):
+            self._close(split)
+
+    def finish(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """Closes every shard, records byte ranges and checksums, writes ``manifest.json``."""
+        for split in list(self._open):
+            self._close(split)
+        files: dict[str, dict[str, Any]] = {}
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for name in self._closed:
+            path = self.out_dir / name
+            files[name] = {"sha256": atomic.sha256_file(path), "bytes": path.stat().st_size}
+            ranges[name] = row_group_ranges(pq.ParquetFile(path).metadata)
+        splits = {}
+        for split, entries in self._entries.items():
+            for e in entries:
+                e["offset"], e["length"] = ranges[e["shard"]][e["row_group"]]
+            splits[split] = {"num_clients": len(entries), "num_examples": sum(e["num_examples"] for e in entries),
+                             "clients": entries}
+        schema = self.schema
+        if schema.label is not None and schema.num_classes is None:  # inferred: 0..max label seen
+            schema = dataclasses.replace(schema, num_classes=max(1, self._max_label + 1))
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            **metadata,
+            "schema": schema.to_json(),
+            "num_classes": schema.num_classes,
+            "layout": {"row_group": "one per client", "compression": self.compression,
+                       "client_id_column": CLIENT_ID},
+            "splits": splits,
+            "files": files,
+        }
+        atomic.write_json(self.out_dir / MANIFEST, manifest)
+        return manifest
+
+
+def row_group_ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]]:
+    """(byte offset, byte length) of every row group's column chunks in a Parquet file."""
+    ranges = []
+    for i in range(metadata.num_row_groups):
+        rg = metadata.row_group(i)
+        starts, ends = [], []
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+            starts.append(start)
+            ends.append(start + col.total_compressed_size)
+        ranges.append((int(min(starts)), int(max(ends) - min(starts))))
+    return ranges
 
 
 def _label_counts(y: np.ndarray) -> dict[str, int]:
@@ -129,9 +402,23 @@ def _label_counts(y: np.ndarray) -> dict[str, int]:
     return {str(int(label)): int(count) for label, count in zip(labels, counts, strict=True)}
 
 
+def write_dataset(out_dir: Path, splits: Mapping[str, Iterable[Client]], schema: Schema, *,
+                  metadata: Mapping[str, Any], **writer_options: Any) -> dict[str, Any]:
+    """Writes every split's clients (streamed) and then the manifest."""
+    writer = DatasetWriter(out_dir, schema, **writer_options)
+    try:
+        for split, clients in splits.items():
+            for client in clients:
+                writer.add(split, client)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """The parsed ``manifest.json`` of a staged data set."""
+    """The parsed ``manifest.json`` of a staged data set, and fast reads of one client."""
 
     root: Path
     data: dict[str, Any]
@@ -146,16 +433,35 @@ class Manifest:
         return self.data["fingerprint"]
 
     @property
-    def x_feature(self) -> Feature:
-        f = self.data["features"]["x"]
-        return Feature(f["column"], f["dtype"], tuple(f["shape"]))
+    def schema(self) -> Schema:
+        cache = self.__dict__.setdefault("_cache", {})
+        if "schema" not in cache:
+            cache["schema"] = Schema.from_json(self.data["schema"])
+        return cache["schema"]
+
+    @property
+    def kind(self) -> str:
+        return self.schema.kind
+
+    @property
+    def x_feature(self) -> Column:
+        if self.schema.x is None:
+            raise SchemaError(f"data set {self.root} ({self.kind}) has no model-input column x.")
+        return self.schema.column(self.schema.x)
 
     @property
     def num_classes(self) -> int:
         return int(self.data["num_classes"])
 
+    @property
+    def splits(self) -> list[str]:
+        return list(self.data["splits"])
+
+    def clients(self, split: str) -> list[dict[str, Any]]:
+        return self.data["splits"][split]["clients"] if split in self.data["splits"] else []
+
     def client_ids(self, split: str) -> list[str]:
-        return [c["id"] for c in self.data["splits"][split]["clients"]]
+        return [c["id"] for c in self.clients(split)]
 
     def client_entry(self, split: str, client_id: str) -> dict[str, Any]:
         index = self._index(split)
@@ -166,37 +472,34 @@ class Manifest:
     def _index(self, split: str) -> dict[str, dict[str, Any]]:
         cache = self.__dict__.setdefault("_client_index", {})
         if split not in cache:
-            cache[split] = {c["id"]: c for c in self.data["splits"][split]["clients"]}
+            cache[split] = {c["id"]: c for c in self.clients(split)}
         return cache[split]
 
-    def read_client(self, split: str, client_id: str) -> ClientExamples:
-        """Reads one client's examples: one row-group read of one shard."""
+    def _parquet(self, shard: str) -> pq.ParquetFile:
+        files = self.__dict__.setdefault("_files", {})
+        if shard not in files:
+            files[shard] = pq.ParquetFile(self.root / shard, memory_map=True)
+        return files[shard]
+
+    def read_columns(self, split: str, client_id: str, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One client's columns as numpy arrays: one row-group read of one (memory-mapped) shard."""
         entry = self.client_entry(split, client_id)
-        table = pq.ParquetFile(self.root / entry["shard"]).read_row_group(
-            entry["row_group"], columns=[self.x_feature.column, "label"]
-        )
-        return ClientExamples(client_id, _decode(table.column(0), self.x_feature), _int_column(table.column(1)))
+        names = list(columns) if columns is not None else [c.name for c in self.schema.columns]
+        table = self._parquet(entry["shard"]).read_row_group(entry["row_group"], columns=names)
+        return {name: self.schema.column(name).from_arrow(table.column(name)) for name in names}
+
+    def read_client(self, split: str, client_id: str) -> ClientExamples:
+        """One client's model input ``x`` and labels ``y`` (``image``/``vector`` data sets)."""
+        x, y = self.x_feature.name, self.schema.label
+        if y is None:
+            raise SchemaError(f"data set {self.root} ({self.kind}) has no label column.")
+        cols = self.read_columns(split, client_id, [x, y])
+        return ClientExamples(client_id, cols[x], cols[y].astype(np.int64, copy=False))
 
     def read_split(self, split: str, client_ids: Iterable[str] | None = None) -> ClientExamples:
         """All examples of ``split`` (or of ``client_ids``) concatenated, client_id ``'*'``."""
         ids = list(client_ids) if client_ids is not None else self.client_ids(split)
         parts = [self.read_client(split, cid) for cid in ids]
-        return ClientExamples(
-            "*", np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts])
-        )
-
-
-def _decode(column: pa.ChunkedArray, feature: Feature) -> np.ndarray:
-    chunks = []
-    for array in column.chunks:
-        buffer = array.buffers()[1]
-        raw = np.frombuffer(buffer, dtype=np.uint8, count=len(array) * feature.nbytes,
-                            offset=array.offset * feature.nbytes)
-        chunks.append(raw.view(np.dtype(feature.dtype).newbyteorder("<")).reshape(len(array), *feature.shape))
-    if not chunks:
-        return np.zeros((0, *feature.shape), dtype=feature.dtype)
-    return np.concatenate(chunks).astype(feature.dtype, copy=False)
-
-
-def _int_column(column: pa.ChunkedArray) -> np.ndarray:
-    return column.to_numpy().astype(np.int64, copy=False)
+        if not parts:
+            raise UnknownClientError(f"split {split!r} of {self.root} has no clients.")
+        return ClientExamples("*", np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))

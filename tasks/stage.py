@@ -1,10 +1,12 @@
 """Stage step: source data set -> client-partitioned Parquet shards + manifest.
 
 The output directory is content-addressed, ``<data>/staged/<dataset>/<fingerprint>/``, where the
-fingerprint covers the source, every partition setting and :data:`STAGER_VERSION`. Staging the same
-thing again is a no-op. A stage is written to a temporary sibling and renamed into place in one step,
-so a crash leaves no half data set and concurrent stagers of the same data cannot corrupt each other
-(the loser discards its copy).
+fingerprint covers the source's identity (file checksums, package versions), every partition and
+split setting and :data:`STAGER_VERSION`. Staging the same thing again is a no-op; a changed source
+file is a new fingerprint. A stage is written to a temporary sibling and renamed into place in one
+step, so a crash leaves no half data set and concurrent stagers of the same data cannot corrupt each
+other (the loser discards its copy). Clients are streamed one at a time into the shards: memory stays
+flat in the data set's size (``bench/stage_memory.py``).
 """
 
 from __future__ import annotations
@@ -13,18 +15,27 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tasks import paths, shards
 from tasks.config import ExperimentConfig
+from tasks.shards import Client
+from tasks.sources import digits
+from tasks.sources.base import Source, SourceError
 
-STAGER_VERSION = "1"
+STAGER_VERSION = "2"
 log = logging.getLogger(__name__)
+
+__all__ = ["PartitionError", "SourceError", "StagedDataset", "stage_dataset"]
 
 
 class Error(Exception):
@@ -46,18 +57,58 @@ class StagedDataset:
         return self.manifest.fingerprint
 
 
-def staging_settings(cfg: ExperimentConfig) -> dict:
-    """The config fields that determine the staged data (and nothing else)."""
-    return {
+def open_source(cfg: ExperimentConfig) -> Source | None:
+    """The reader of ``cfg``'s data set (None for digits, which is partitioned, not read by client)."""
+    shape, classes = cfg.parsed_feature_shape, cfg.num_classes or None
+    test = cfg.source_test_path if cfg.effective_split == "source" else None
+    if cfg.dataset == "digits":
+        return None
+    if cfg.dataset == "h5":
+        from tasks.sources.h5 import H5Source
+
+        return H5Source(cfg.source_path, test, x_column=cfg.x_column, label_column=cfg.label_column,
+                        feature_shape=shape, num_classes=classes)
+    if cfg.dataset == "leaf":
+        from tasks.sources.leaf import LeafSource
+
+        return LeafSource(cfg.source_path, test, feature_shape=shape, num_classes=classes)
+    if cfg.dataset == "table":
+        from tasks.sources.table import TableSource
+
+        return TableSource(cfg.source_path, test, client_column=cfg.client_column,
+                           feature_columns=cfg.parsed_feature_columns, label_column=cfg.label_column or "label",
+                           feature_shape=shape, num_classes=classes)
+    if cfg.dataset == "shakespeare":
+        from tasks.sources.shakespeare import ShakespeareSource
+
+        return ShakespeareSource()
+    if cfg.dataset == "movielens":
+        from tasks.sources.movielens import MovieLensSource
+
+        return MovieLensSource()
+    raise SourceError(f"dataset must be one of the known data sets. Got {cfg.dataset!r}.")
+
+
+def staging_settings(cfg: ExperimentConfig, source: Source | None) -> dict[str, Any]:
+    """Everything that determines the staged data (and nothing else): the fingerprint's input."""
+    settings: dict[str, Any] = {
         "dataset": cfg.dataset,
         "num_clients": cfg.num_clients,
-        "partition": cfg.partition,
-        "dirichlet_alpha": cfg.dirichlet_alpha if cfg.partition == "dirichlet" else None,
         "min_examples_per_client": cfg.min_examples_per_client,
-        "test_fraction": cfg.test_fraction,
+        "split": cfg.effective_split,
+        "test_fraction": cfg.test_fraction if cfg.effective_split != "source" else None,
         "seed": cfg.seed,
         "stager_version": STAGER_VERSION,
     }
+    if source is None:
+        settings["partition"] = cfg.partition
+        settings["partition_parameter"] = {
+            "dirichlet": cfg.dirichlet_alpha, "pathological": cfg.classes_per_client,
+            "shards": cfg.shards_per_client, "iid": None,
+        }[cfg.partition]
+    else:
+        settings["source"] = source.identity()
+    return settings
 
 
 def fingerprint(settings: dict) -> str:
@@ -66,7 +117,8 @@ def fingerprint(settings: dict) -> str:
 
 def stage_dataset(cfg: ExperimentConfig) -> StagedDataset:
     """Stages ``cfg``'s data set (or reuses an identical earlier stage) and returns it."""
-    settings = staging_settings(cfg)
+    source = open_source(cfg)
+    settings = staging_settings(cfg, source)
     fp = fingerprint(settings)
     final = paths.staged_root() / cfg.dataset / fp
     if (final / shards.MANIFEST).exists():
@@ -76,7 +128,15 @@ def stage_dataset(cfg: ExperimentConfig) -> StagedDataset:
     tmp = final.parent / f".tmp-{fp}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        _write_stage(tmp, cfg, settings, fp)
+        metadata = {"dataset": cfg.dataset, "fingerprint": fp, "settings": settings}
+        if source is None:
+            _write_partitioned(tmp, cfg, metadata)
+        else:
+            source.scratch_dir = tmp
+            _write_federated(tmp, cfg, source, metadata)
+        for leftover in tmp.iterdir():  # a reader's scratch files never become part of the data set
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -89,38 +149,52 @@ def stage_dataset(cfg: ExperimentConfig) -> StagedDataset:
     return StagedDataset(final, shards.Manifest.read(final), reused=False)
 
 
-def _write_stage(out: Path, cfg: ExperimentConfig, settings: dict, fp: str) -> None:
-    x, y, source = load_source(cfg.dataset)
+# -- digits: one array, partitioned into simulated clients ---------------------------------------
+def _write_partitioned(out: Path, cfg: ExperimentConfig, metadata: dict[str, Any]) -> None:
+    x, y, description = digits.load()
     rng = np.random.default_rng([cfg.seed, 0x57A6E])
-    train_idx, test_idx = stratified_split(y, cfg.test_fraction, rng)
-    if cfg.partition == "dirichlet":
-        parts = dirichlet_partition(y[train_idx], cfg.num_clients, cfg.dirichlet_alpha, cfg.min_examples_per_client, rng)
+    split = cfg.effective_split
+    n_test_clients = max(1, round(cfg.num_clients * cfg.test_fraction)) if split == "by_client" else 0
+    if split == "central":
+        train_idx, test_idx = stratified_split(y, cfg.test_fraction, rng)
     else:
-        parts = iid_partition(len(train_idx), cfg.num_clients, cfg.min_examples_per_client, rng)
-    width = len(str(cfg.num_clients - 1))
-    train_clients = [
-        shards.ClientExamples(f"client_{i:0{width}d}", x[train_idx[p]], y[train_idx[p]]) for i, p in enumerate(parts)
-    ]
-    test_clients = [shards.ClientExamples("test", x[test_idx], y[test_idx])]
-    shards.write_dataset(
-        out,
-        {"train": train_clients, "test": test_clients},
-        shards.Feature("pixels", "float32", tuple(x.shape[1:])),
-        num_classes=int(y.max()) + 1,
-        metadata={"dataset": cfg.dataset, "fingerprint": fp, "settings": settings, "source": source},
-    )
+        train_idx, test_idx = np.arange(len(y)), np.zeros(0, dtype=np.int64)
+    total_clients = cfg.num_clients + n_test_clients
+    min_size = cfg.min_examples_per_client
+    if split == "within_client":  # the training part of each client must still reach the minimum
+        min_size = math.ceil(min_size / (1 - cfg.test_fraction)) + 1
+    parts = partition(y[train_idx], cfg, total_clients, min_size, rng)
+    width = len(str(total_clients - 1))
+    ids = [f"client_{i:0{width}d}" for i in range(total_clients)]
+    splits: dict[str, list[Client]] = {"train": [], "test": []}
+
+    def client(cid: str, idx: np.ndarray) -> Client:
+        return Client(cid, {"pixels": x[idx], "label": y[idx]})
+
+    if split == "central":
+        splits["train"] = [client(cid, train_idx[p]) for cid, p in zip(ids, parts, strict=True)]
+        splits["test"] = [client("test", test_idx)]
+    elif split == "by_client":
+        test_clients = set(rng.choice(total_clients, size=n_test_clients, replace=False).tolist())
+        for i, (cid, p) in enumerate(zip(ids, parts, strict=True)):
+            splits["test" if i in test_clients else "train"].append(client(cid, train_idx[p]))
+    else:  # within_client
+        for cid, p in zip(ids, parts, strict=True):
+            train_part, test_part = _split_examples(len(p), cfg.test_fraction, cfg.seed, cid)
+            splits["train"].append(client(cid, train_idx[p][train_part]))
+            splits["test"].append(client(cid, train_idx[p][test_part]))
+    shards.write_dataset(out, splits, digits.SCHEMA, metadata={**metadata, "source": description})
 
 
-def load_source(dataset: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Returns (x float32 in [0, 1] with a channel axis, y int64, a description of the source)."""
-    if dataset != "digits":
-        raise Error(f"dataset must be 'digits'. Got {dataset!r}.")
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images.astype(np.float32) / 16.0)[..., np.newaxis]
-    y = digits.target.astype(np.int64)
-    return x, y, {"name": "sklearn.datasets.load_digits", "num_examples": int(len(y)), "image_shape": [8, 8]}
+def partition(labels: np.ndarray, cfg: ExperimentConfig, num_clients: int, min_size: int,
+              rng: np.random.Generator) -> list[np.ndarray]:
+    if cfg.partition == "dirichlet":
+        return dirichlet_partition(labels, num_clients, cfg.dirichlet_alpha, min_size, rng)
+    if cfg.partition == "pathological":
+        return pathological_partition(labels, num_clients, cfg.classes_per_client, min_size, rng)
+    if cfg.partition == "shards":
+        return shard_partition(labels, num_clients, cfg.shards_per_client, min_size, rng)
+    return iid_partition(len(labels), num_clients, min_size, rng)
 
 
 def stratified_split(y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +240,58 @@ def iid_partition(n: int, num_clients: int, min_size: int, rng: np.random.Genera
     return [np.sort(p) for p in np.array_split(rng.permutation(n), num_clients)]
 
 
+def pathological_partition(labels: np.ndarray, num_clients: int, k: int, min_size: int,
+                           rng: np.random.Generator) -> list[np.ndarray]:
+    """Each client holds exactly ``k`` classes; each class is split evenly among its holders.
+
+    Classes are dealt round-robin over a seeded class order, so every class has a holder whenever
+    ``num_clients * k >= num_classes`` (the "pathological non-IID" split of McMahan et al. 2017).
+    """
+    classes = np.unique(labels)
+    if k > len(classes):
+        raise PartitionError(f"classes_per_client must be <= the {len(classes)} classes. Got {k}.")
+    _check_capacity(len(labels), num_clients, min_size)
+    order = rng.permutation(classes)
+    holders: dict[int, list[int]] = {int(c): [] for c in classes}
+    for client in range(num_clients):
+        for j in range(k):
+            holders[int(order[(client * k + j) % len(order)])].append(client)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label, owners in holders.items():
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        if not owners:
+            continue  # fewer client slots than classes: this class is left out of training
+        for owner, piece in zip(owners, np.array_split(idx, len(owners)), strict=True):
+            parts[owner].append(piece)
+    merged = [np.sort(np.concatenate(p)) for p in parts]
+    _check_sizes(merged, min_size, "pathological", f"classes_per_client={k}")
+    return merged
+
+
+def shard_partition(labels: np.ndarray, num_clients: int, shards_per_client: int, min_size: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Sort by label, cut into ``num_clients * shards_per_client`` equal shards, deal them at random."""
+    total = num_clients * shards_per_client
+    if total > len(labels):
+        raise PartitionError(f"num_clients x shards_per_client = {total} shards exceed the {len(labels)} examples. "
+                             "Fix: fewer clients or shards_per_client.")
+    _check_capacity(len(labels), num_clients, min_size)
+    idx = rng.permutation(len(labels))
+    idx = idx[np.argsort(labels[idx], kind="stable")]
+    pieces = np.array_split(idx, total)
+    deal = rng.permutation(total).reshape(num_clients, shards_per_client)
+    merged = [np.sort(np.concatenate([pieces[s] for s in row])) for row in deal]
+    _check_sizes(merged, min_size, "shards", f"shards_per_client={shards_per_client}")
+    return merged
+
+
+def _check_sizes(parts: list[np.ndarray], min_size: int, name: str, setting: str) -> None:
+    small = min(len(p) for p in parts)
+    if small < min_size:
+        raise PartitionError(f"partition {name!r} ({setting}) gives a client {small} examples, below the "
+                             f"minimum {min_size}. Fix: lower num_clients or min_examples_per_client.")
+
+
 def _check_capacity(n: int, num_clients: int, min_size: int) -> None:
     if num_clients * min_size > n:
         raise PartitionError(
@@ -173,3 +299,80 @@ def _check_capacity(n: int, num_clients: int, min_size: int) -> None:
             f"exceeds the {n} training examples. Got num_clients={num_clients}. "
             "Fix: lower num_clients or min_examples_per_client, or lower test_fraction."
         )
+
+
+def _split_examples(n: int, test_fraction: float, seed: int, client_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A client's own train/test split: seeded by (seed, client id), so it does not depend on which
+    other clients were drawn; each part keeps the source order."""
+    rng = np.random.default_rng([seed, zlib.crc32(client_id.encode()), 0x5B1])
+    n_test = min(n - 1, max(1, round(n * test_fraction))) if n >= 2 else 0
+    order = rng.permutation(n)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+# -- data sets with their own clients -------------------------------------------------------------
+def _draw_order(client_id: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{client_id}".encode()).hexdigest()
+
+
+def _write_federated(out: Path, cfg: ExperimentConfig, source: Source, metadata: dict[str, Any]) -> None:
+    schema = source.schema()
+    split = cfg.effective_split
+    min_size = cfg.min_examples_per_client
+    if split == "within_client":
+        min_size = math.ceil(min_size / (1 - cfg.test_fraction)) + 1
+    sizes = source.client_sizes("train")
+    eligible = [cid for cid, n in sizes.items() if n >= min_size]
+    n_test = max(1, round(cfg.num_clients * cfg.test_fraction)) if split == "by_client" else 0
+    wanted = cfg.num_clients + n_test
+    if len(eligible) < wanted:
+        raise PartitionError(
+            f"{cfg.dataset} source has {len(eligible)} clients with >= {min_size} examples (of {len(sizes)}); "
+            f"the config needs {wanted} ({cfg.num_clients} training"
+            + (f" + {n_test} test clients)" if n_test else ")")
+            + f". Fix: num_clients <= {max(0, len(eligible) - n_test)} or a lower min_examples_per_client."
+        )
+    drawn = sorted(eligible, key=lambda cid: _draw_order(cid, cfg.seed))[:wanted]
+    test_ids = set(drawn[cfg.num_clients:])
+    chosen = set(drawn)
+
+    writer = shards.DatasetWriter(out, schema)
+    try:
+        for client in source.select("train", chosen):
+            if split == "by_client":
+                writer.add("test" if client.client_id in test_ids else "train", client)
+            elif split == "within_client":
+                train, test = _split_examples(client.num_examples, cfg.test_fraction, cfg.seed, client.client_id)
+                writer.add("train", _take(client, train))
+                writer.add("test", _take(client, test))
+            else:
+                writer.add("train", client)
+        if split == "source":
+            test_sizes = source.client_sizes("test")
+            shared = chosen & set(test_sizes)
+            # TFF's files share writer ids between train and test (other examples of the same clients);
+            # LEAF's user split has disjoint users: then every test user is a test client.
+            test_clients = source.select("test", shared) if shared else source.clients("test")
+            for client in test_clients:
+                if client.num_examples:
+                    writer.add("test", client)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.finish({**metadata, "source": {"name": source.name, **source.identity()},
+                   "source_clients": len(sizes), "eligible_clients": len(eligible)})
+
+
+def _take(client: Client, index: np.ndarray) -> Client:
+    return Client(client.client_id, {name: _index(values, index) for name, values in client.columns.items()})
+
+
+def _index(values: Any, index: np.ndarray) -> Any:
+    if isinstance(values, np.ndarray):
+        return values[index]
+    return [values[i] for i in index]
+
+
+def iter_clients(manifest: shards.Manifest, split: str) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    for cid in manifest.client_ids(split):
+        yield cid, manifest.read_columns(split, cid)

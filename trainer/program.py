@@ -50,7 +50,7 @@ def load_experiment(run_dir: Path) -> Experiment:
     paths = RunPaths(Path(run_dir))
     cfg = ExperimentConfig.read_json(paths.config)
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
-    input_shape, num_classes = manifest.x_feature.shape, manifest.num_classes
+    input_shape, num_classes = model_input_shape(manifest), manifest.num_classes
     if cfg.aggregator == "secure":
         # The local C++ runtime cannot run secure-sum intrinsics; TFF's test context replaces them with
         # their plain bodies (same bit-width quantisation and modular sums, no cryptography).
@@ -64,11 +64,34 @@ def load_experiment(run_dir: Path) -> Experiment:
     return Experiment(cfg, paths, manifest, process, eval_model, checkpoints, fed_eval)
 
 
+def model_input_shape(manifest: shards.Manifest) -> tuple[int, ...]:
+    """The Keras input shape for the staged ``x``: images get a channel axis when they have none."""
+    if manifest.kind not in ("image", "vector") or manifest.schema.label is None:
+        raise Error(f"The training engine classifies labelled images or vectors; {manifest.root} holds "
+                    f"{manifest.kind} data. Text and ratings train through their recipes.")
+    shape = manifest.x_feature.shape
+    return (*shape, 1) if manifest.kind == "image" and len(shape) == 2 else shape
+
+
+def read_client(exp: Experiment, split: str, client_id: str) -> shards.ClientExamples:
+    return model_examples(exp.manifest, exp.manifest.read_client(split, client_id))
+
+
+def read_split(exp: Experiment, split: str) -> shards.ClientExamples:
+    return model_examples(exp.manifest, exp.manifest.read_split(split))
+
+
+def model_examples(manifest: shards.Manifest, examples: shards.ClientExamples) -> shards.ClientExamples:
+    """Staged examples as the model takes them: float32 (uint8 images scaled to [0, 1]), shaped."""
+    x = examples.x.astype(np.float32) / 255.0 if examples.x.dtype == np.uint8 else examples.x.astype(np.float32, copy=False)
+    return shards.ClientExamples(examples.client_id, x.reshape(len(x), *model_input_shape(manifest)), examples.y)
+
+
 def initial_state(exp: Experiment):
     """Round-0 state with initial weights drawn from the experiment seed (not TFF's unseeded init)."""
     state = exp.process.initialize()
     tf.keras.utils.set_random_seed(exp.cfg.seed)
-    seeded = models.build_keras_model(exp.cfg.model, exp.manifest.x_feature.shape, exp.manifest.num_classes)
+    seeded = models.build_keras_model(exp.cfg.model, model_input_shape(exp.manifest), exp.manifest.num_classes)
     weights = tff.learning.models.ModelWeights(
         trainable=[v.numpy() for v in seeded.trainable_weights],
         non_trainable=[v.numpy() for v in seeded.non_trainable_weights],
@@ -192,11 +215,11 @@ def _train(exp: Experiment, until_round: int) -> int:
     update_bits, float_bits = aggregators.update_bits(cfg, [tuple(np.shape(w)) for w in weights])
     num_parameters = sum(int(np.size(w)) for w in weights)
     all_ids = exp.manifest.client_ids("train")
-    clients = {cid: exp.manifest.read_client("train", cid) for cid in all_ids}
+    clients = {cid: read_client(exp, "train", cid) for cid in all_ids}
     index = {cid: i for i, cid in enumerate(all_ids)}
     client_ids = all_ids[: len(all_ids) - cfg.heldout_clients]  # the last heldout_clients never train
     heldout = [clients[cid] for cid in all_ids[len(client_ids) :]]
-    test = exp.manifest.read_split("test")
+    test = read_split(exp, "test")
     for round_num in range(start_round + 1, until_round + 1):
         start = time.perf_counter()
         sampled = sample_clients(cfg, round_num, client_ids)
@@ -246,7 +269,7 @@ def export_model(exp: Experiment) -> dict:
         reached = None if latest is None else latest.round_num
         raise Error(f"The run has reached round {reached} of {exp.cfg.rounds}; train all rounds before exporting.")
     state = tf.nest.pack_sequence_as(exp.process.initialize(), latest.leaves)
-    test = exp.manifest.read_split("test")
+    test = read_split(exp, "test")
     metrics = evaluate_central(exp, state, test)
 
     tmp = exp.paths.root / f".model-{uuid.uuid4().hex[:8]}"

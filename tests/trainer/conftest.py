@@ -23,14 +23,14 @@ def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001 - pytest 
     lifecycle.reap_children()
 
 
-def synthetic_client(client_id: str, rng: np.random.Generator, n: int) -> shards.ClientExamples:
+def synthetic_client(client_id: str, rng: np.random.Generator, n: int) -> shards.Client:
     """Learnable 8x8 images: class k lights up quadrant k, plus noise."""
     y = rng.integers(0, NUM_CLASSES, n)
     x = rng.uniform(0, 0.3, (n, 8, 8, 1)).astype(np.float32)
     for i, label in enumerate(y):
         r, c = divmod(int(label), 2)
         x[i, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4, 0] += 0.7
-    return shards.ClientExamples(client_id, np.clip(x, 0, 1), y.astype(np.int64))
+    return shards.Client(client_id, {"pixels": np.clip(x, 0, 1), "label": y.astype(np.int64)})
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +40,8 @@ def staged(tmp_path_factory) -> Path:
     shards.write_dataset(
         out,
         {"train": [synthetic_client(f"c{i}", rng, 24) for i in range(6)], "test": [synthetic_client("test", rng, 40)]},
-        shards.Feature("pixels", "float32", (8, 8, 1)),
-        num_classes=NUM_CLASSES,
+        shards.Schema("image", (shards.Column("pixels", "float32", (8, 8, 1)), shards.Column("label", "int64")),
+                      x="pixels", label="label", num_classes=NUM_CLASSES),
         metadata={"dataset": "synthetic", "fingerprint": "synthetic", "settings": {}, "source": {}},
     )
     return out
