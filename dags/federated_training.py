@@ -7,9 +7,9 @@ simulated clients, and tracks everything in MLflow.
 1. **resolve_config** validates the parameters below into one experiment config, frozen in
    `data/runs/<run id>/config.json`, and opens the run's MLflow run.
 2. **stage** writes the data set as per-client Parquet shards with a manifest (content-addressed:
-   the same settings reuse the same files).
-3. **validate** checks the shards (checksums, counts) and runs a Great Expectations suite; bad data
-   stops the run here.
+   the same settings reuse the same files) and announces new data as an asset event.
+3. **validate** checks the shards (checksums, counts, client ids) and runs the Great Expectations
+   suite of the data set's kind; bad data stops the run here, naming the check, clients and values.
 4. **train_chunk_00 … train_chunk_09** each bring the run to the next `rounds_per_chunk` boundary in a
    separate TFF process (pool/queue `gpu`), resuming from the newest checkpoint; chunks the plan
    does not need are skipped. Metrics stream into MLflow with `step = round`.
@@ -23,19 +23,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from _fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
+from airflow.sdk import dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
-from tasks.config import MAX_CHUNKS, param_schemas
+from tasks.config import MAX_CHUNKS
 
 CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task
-
-
-def _mark_mlflow_run_failed(context) -> None:
-    """A task failed with no retries left: the run's MLflow run must not stay RUNNING."""
-    from tasks import steps
-
-    steps.mark_failed(context["run_id"])
 
 
 @dag(
@@ -48,37 +42,12 @@ def _mark_mlflow_run_failed(context) -> None:
     default_args={
         "retries": 1,
         "retry_delay": timedelta(seconds=15),
-        "on_failure_callback": _mark_mlflow_run_failed,
+        "on_failure_callback": mark_mlflow_run_failed,
     },
-    params={name: Param(**schema) for name, schema in param_schemas().items()},
+    params=experiment_params(),
     doc_md=__doc__,
 )
 def federated_training():
-    @task(execution_timeout=timedelta(minutes=5))
-    def resolve_config() -> dict:
-        from tasks import steps
-
-        ctx = get_current_context()
-        try:
-            return steps.resolve(ctx["params"], dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"])
-        except steps.ConfigError as e:  # a retry cannot fix the user's input
-            raise AirflowFailException(str(e)) from e
-
-    @task(execution_timeout=timedelta(hours=2))
-    def stage(handle: dict) -> dict:
-        from tasks import steps
-
-        return steps.stage(handle)
-
-    @task(execution_timeout=timedelta(hours=1))
-    def validate(handle: dict, staged: dict) -> dict:  # noqa: ARG001 - ``staged`` orders the tasks
-        from tasks import steps
-
-        try:
-            return steps.validate(handle)
-        except steps.DataValidationError as e:  # a retry cannot fix the data
-            raise AirflowFailException(str(e)) from e
-
     @task(pool="gpu", queue="gpu", retries=2, retry_delay=timedelta(seconds=30), execution_timeout=CHUNK_TIMEOUT)
     def train_chunk(handle: dict, chunk_index: int) -> dict:
         from tasks import steps
@@ -94,8 +63,8 @@ def federated_training():
 
         return steps.evaluate_and_register(handle)
 
-    handle = resolve_config()
-    checked = validate(handle, stage(handle))
+    handle = resolve_task(training=True)()
+    checked = validate_task(training=True)(handle, stage(handle))
     previous = checked
     for i in range(MAX_CHUNKS):
         chunk = train_chunk.override(task_id=f"train_chunk_{i:02d}")(handle, i)

@@ -1,4 +1,5 @@
-"""Prints the summary of the newest finished run: ``python -m tasks.report [--run-dir D]``."""
+"""Prints the summary of the newest finished run: ``python -m tasks.report [--run-dir D]``, or with
+``--validation`` the newest data validation summary."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from tasks import atomic, paths
 
 def newest_summary() -> Path | None:
     found = sorted(paths.runs_root().glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def newest_validation() -> Path | None:
+    found = sorted(paths.runs_root().glob("*/validation_summary.txt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -39,7 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--seconds", type=int, help="wall time to report")
+    parser.add_argument("--validation", action="store_true", help="the newest validation summary instead")
     args = parser.parse_args(argv)
+    if args.validation:
+        found = newest_validation()
+        if found is None:
+            print(f"No validation report under {paths.runs_root()}. Fix: run `make stage`.", file=sys.stderr)
+            return 1
+        print(found.read_text())
+        print(f"Full report: {found.parent / 'validation.json'}; Data Docs: {found.parent / 'data_docs'}")
+        return 0
     path = args.run_dir / "summary.json" if args.run_dir else newest_summary()
     if path is None or not path.exists():
         print(f"No finished run under {paths.runs_root()}. Fix: run `make demo`.", file=sys.stderr)

@@ -20,6 +20,8 @@ numpy and pyarrow only.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -255,6 +257,15 @@ def check_client_id(client_id: Any) -> str:
     return client_id
 
 
+def check_lengths(client: Client) -> int:
+    """The client's example count; SchemaError when its columns disagree."""
+    lengths = {name: len(values) for name, values in client.columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise SchemaError(f"client {client.client_id!r}: columns have different lengths {lengths}. Fix: every "
+                          "feature of a client needs one value per example.")
+    return next(iter(lengths.values()), 0)
+
+
 @dataclasses.dataclass
 class _ShardState:
     name: str
@@ -321,10 +332,7 @@ class DatasetWriter:
         if missing or extra:
             raise SchemaError(f"client {client.client_id!r}: columns {sorted(client.columns)} do not match the "
                               f"schema's {names} (missing {missing}, unexpected {extra}).")
-        lengths = {n: len(client.columns[n]) for n in names}
-        if len(set(lengths.values())) > 1:
-            raise SchemaError(f"client {client.client_id!r}: columns have different lengths {lengths}.")
-        n = next(iter(lengths.values()))
+        n = check_lengths(client)
         arrays = [pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([client.client_id]))
                   .cast(pa.string())]
         arrays += [c.to_arrow(client.columns[c.name], client.client_id) for c in self.schema.columns]
@@ -378,8 +386,16 @@ class DatasetWriter:
             "splits": splits,
             "files": files,
         }
+        manifest["content_sha256"] = manifest_digest(manifest)
         atomic.write_json(self.out_dir / MANIFEST, manifest)
         return manifest
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON (without its own ``content_sha256``): validation
+    recomputes it, so a manifest edited after staging is caught."""
+    body = {k: v for k, v in data.items() if k != "content_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def row_group_ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]]:

@@ -15,12 +15,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
+import re
 import shutil
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +159,7 @@ def _write_partitioned(out: Path, cfg: ExperimentConfig, metadata: dict[str, Any
     else:
         train_idx, test_idx = np.arange(len(y)), np.zeros(0, dtype=np.int64)
     total_clients = cfg.num_clients + n_test_clients
-    min_size = cfg.min_examples_per_client
-    if split == "within_client":  # the training part of each client must still reach the minimum
-        min_size = math.ceil(min_size / (1 - cfg.test_fraction)) + 1
+    min_size = _min_total(cfg)
     parts = partition(y[train_idx], cfg, total_clients, min_size, rng)
     width = len(str(total_clients - 1))
     ids = [f"client_{i:0{width}d}" for i in range(total_clients)]
@@ -301,11 +298,25 @@ def _check_capacity(n: int, num_clients: int, min_size: int) -> None:
         )
 
 
+def _min_total(cfg: ExperimentConfig) -> int:
+    """Examples a client needs so that its training part has ``min_examples_per_client``."""
+    if cfg.effective_split != "within_client":
+        return cfg.min_examples_per_client
+    n = max(2, cfg.min_examples_per_client)  # at least one example on each side
+    while n - _test_count(n, cfg.test_fraction) < cfg.min_examples_per_client:
+        n += 1
+    return n
+
+
+def _test_count(n: int, test_fraction: float) -> int:
+    return min(n - 1, max(1, round(n * test_fraction))) if n >= 2 else 0
+
+
 def _split_examples(n: int, test_fraction: float, seed: int, client_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A client's own train/test split: seeded by (seed, client id), so it does not depend on which
     other clients were drawn; each part keeps the source order."""
     rng = np.random.default_rng([seed, zlib.crc32(client_id.encode()), 0x5B1])
-    n_test = min(n - 1, max(1, round(n * test_fraction))) if n >= 2 else 0
+    n_test = _test_count(n, test_fraction)
     order = rng.permutation(n)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
@@ -318,16 +329,16 @@ def _draw_order(client_id: str, seed: int) -> str:
 def _write_federated(out: Path, cfg: ExperimentConfig, source: Source, metadata: dict[str, Any]) -> None:
     schema = source.schema()
     split = cfg.effective_split
-    min_size = cfg.min_examples_per_client
-    if split == "within_client":
-        min_size = math.ceil(min_size / (1 - cfg.test_fraction)) + 1
+    min_size = _min_total(cfg)
     sizes = source.client_sizes("train")
     eligible = [cid for cid, n in sizes.items() if n >= min_size]
     n_test = max(1, round(cfg.num_clients * cfg.test_fraction)) if split == "by_client" else 0
     wanted = cfg.num_clients + n_test
     if len(eligible) < wanted:
         raise PartitionError(
-            f"{cfg.dataset} source has {len(eligible)} clients with >= {min_size} examples (of {len(sizes)}); "
+            f"{cfg.dataset} source has {len(eligible)} clients with >= {min_size} examples (of {len(sizes)}"
+            + (f"; {min_size} keep {cfg.min_examples_per_client} for training after the within_client test split"
+               if min_size != cfg.min_examples_per_client else "") + "); "
             f"the config needs {wanted} ({cfg.num_clients} training"
             + (f" + {n_test} test clients)" if n_test else ")")
             + f". Fix: num_clients <= {max(0, len(eligible) - n_test)} or a lower min_examples_per_client."
@@ -339,6 +350,7 @@ def _write_federated(out: Path, cfg: ExperimentConfig, source: Source, metadata:
     writer = shards.DatasetWriter(out, schema)
     try:
         for client in source.select("train", chosen):
+            shards.check_lengths(client)
             if split == "by_client":
                 writer.add("test" if client.client_id in test_ids else "train", client)
             elif split == "within_client":
@@ -373,6 +385,11 @@ def _index(values: Any, index: np.ndarray) -> Any:
     return [values[i] for i in index]
 
 
-def iter_clients(manifest: shards.Manifest, split: str) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    for cid in manifest.client_ids(split):
-        yield cid, manifest.read_columns(split, cid)
+def asset_uri(cfg: ExperimentConfig) -> str:
+    """The Airflow asset that announces new staged data of this source: one per named data set, one
+    per source file for path data sets (so a DAG can be scheduled on "new EMNIST data")."""
+    if cfg.dataset not in ("h5", "leaf", "table"):
+        return f"fedflow://staged/{cfg.dataset}"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(cfg.source_path).name)[:80] or "source"
+    digest = hashlib.sha256(str(Path(cfg.source_path).expanduser().resolve()).encode()).hexdigest()[:8]
+    return f"fedflow://staged/{cfg.dataset}/{stem}-{digest}"

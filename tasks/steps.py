@@ -17,23 +17,31 @@ from tasks import validate as validation
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ConfigError, ExperimentConfig
 from tasks.paths import RunPaths
+from tasks.shards import SchemaError
+from tasks.sources.base import SourceError
 from tasks.validate import DataValidationError
 
-__all__ = ["ConfigError", "DataValidationError", "evaluate_and_register", "load", "mark_failed", "resolve",
-           "stage", "train_chunk", "validate"]
+__all__ = ["ConfigError", "DataValidationError", "StageInputError", "evaluate_and_register", "finish_data_run",
+           "load", "mark_failed", "resolve", "stage", "train_chunk", "validate"]
+
+# Staging failures caused by the input (source file, partition settings): a retry cannot fix them.
+StageInputError = (SourceError, SchemaError, staging.PartitionError)
 
 log = logging.getLogger(__name__)
 EXPORT_TIMEOUT_S = 30 * 60
 
 
-def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str) -> dict[str, str]:
+def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str, training: bool = True) -> dict[str, str]:
     """Validates ``params``, freezes the config in the run directory and opens the MLflow run.
 
     The run directory is keyed by the Airflow run id: a retry resumes its own run, and a new DAG run
-    never picks up another run's checkpoints by accident.
+    never picks up another run's checkpoints by accident. ``training=False`` (the data DAG) skips
+    the checks that only training needs.
     """
     cfg = ExperimentConfig.from_mapping(params)
-    planned = privacy.check_budget(cfg)  # before anything is written or trained
+    if training:
+        cfg.check_trainable()
+    planned = privacy.check_budget(cfg) if training else None  # before anything is written or trained
     run = RunPaths.for_run(run_id)
     run.root.mkdir(parents=True, exist_ok=True)
     if run.config.exists():
@@ -59,27 +67,49 @@ def load(handle: Mapping[str, str]) -> tuple[ExperimentConfig, RunPaths]:
 
 
 def stage(handle: Mapping[str, str]) -> dict[str, Any]:
+    """Stages (or reuses) the data set. Returns its path, fingerprint, counts and the Airflow asset
+    (``asset_uri``) the DAG announces when the data is new."""
     cfg, run = load(handle)
     staged = staging.stage_dataset(cfg)
-    atomic.write_json(run.staged, {"path": str(staged.path), "fingerprint": staged.fingerprint})
+    atomic.write_json(run.staged, {"path": str(staged.path), "fingerprint": staged.fingerprint,
+                                   "content_sha256": staged.manifest.data.get("content_sha256")})
     tracking.set_tags(
         run,
         {"fedflow.dataset": cfg.dataset, "fedflow.dataset_fingerprint": staged.fingerprint,
-         "fedflow.staged_path": str(staged.path)},
+         "fedflow.staged_path": str(staged.path), "fedflow.dataset_kind": staged.manifest.kind},
     )
     tracking.log_artifact(run, staged.path / shards.MANIFEST, "data")
-    train = staged.manifest.data["splits"]["train"]
+    splits = staged.manifest.data["splits"]
+    train = splits["train"]
+    log.info("%s data set %s: %s", "Reused" if staged.reused else "Staged", staged.path,
+             {name: (s["num_clients"], s["num_examples"]) for name, s in splits.items()})
     return {"path": str(staged.path), "fingerprint": staged.fingerprint, "reused": staged.reused,
-            "clients": len(train["clients"]), "train_examples": train["num_examples"]}
+            "kind": staged.manifest.kind, "clients": len(train["clients"]), "train_examples": train["num_examples"],
+            "asset_uri": staging.asset_uri(cfg)}
 
 
-def validate(handle: Mapping[str, str]) -> dict[str, Any]:
-    """Raises DataValidationError, listing every problem, when the staged data fails validation."""
+def validate(handle: Mapping[str, str], *, training: bool = True) -> dict[str, Any]:
+    """Raises DataValidationError, listing every problem, when the staged data fails validation.
+
+    The report (JSON, one-screen summary, Great Expectations Data Docs) goes to the run directory
+    and to the MLflow run under ``data/``; the summary is logged.
+    """
     cfg, run = load(handle)
     manifest = shards.Manifest.read(Path(atomic.read_json(run.staged)["path"]))
-    report = validation.validate_staged(manifest, cfg)
+    try:  # the source as it is now: a file changed since staging is reported, not silently trained on
+        source = staging.open_source(cfg)
+        identity = None if source is None else source.identity()
+    except SourceError as e:
+        identity = {"unreadable": str(e)}
+    docs = run.root / "data_docs"
+    report = validation.validate_staged(manifest, cfg, source_identity=identity, docs_dir=docs, training=training)
     atomic.write_json(run.validation, report.to_dict())
+    summary = report.summary()
+    (run.root / "validation_summary.txt").write_text(summary + "\n")
+    log.info("Validation report:\n%s", summary)
     tracking.log_artifact(run, run.validation, "data")
+    tracking.log_artifact(run, run.root / "validation_summary.txt", "data")
+    tracking.log_artifacts(run, docs, "data/data_docs")
     tracking.set_tags(run, {"fedflow.validation": "passed" if report.success else "failed"})
     if not report.success:
         raise DataValidationError(
@@ -88,6 +118,13 @@ def validate(handle: Mapping[str, str]) -> dict[str, Any]:
         )
     log.info("Validation passed: %s", report.statistics)
     return {"success": True, **report.statistics}
+
+
+def finish_data_run(handle: Mapping[str, str]) -> dict[str, Any]:
+    """Closes the MLflow run of a stage-and-validate-only DAG run."""
+    cfg, run = load(handle)
+    tracking.finish_run(run)
+    return {"mlflow_run_id": tracking.run_id(run), "experiment": cfg.experiment_name}
 
 
 def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:

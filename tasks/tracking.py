@@ -77,6 +77,11 @@ def log_artifact(run: RunPaths, path: Path, artifact_path: str | None = None) ->
         client().log_artifact(run_id(run), str(path), artifact_path)
 
 
+def log_artifacts(run: RunPaths, directory: Path, artifact_path: str | None = None) -> None:
+    if Path(directory).is_dir():
+        client().log_artifacts(run_id(run), str(directory), artifact_path)
+
+
 def sync_metrics(run: RunPaths) -> int:
     """Logs every round of ``metrics.jsonl`` that MLflow does not have yet; returns how many."""
     c, rid = client(), run_id(run)

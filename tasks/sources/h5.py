@@ -98,13 +98,16 @@ class H5Source(Source):
             return Schema(kind, tuple(columns), x=x_name, label=label_name, num_classes=self.num_classes)
 
     def client_sizes(self, split: str) -> dict[str, int]:
-        x_name = self.schema().x
+        """Every client's example count, from dataset shapes only; a client lacking a feature fails here,
+        whether or not it is drawn."""
+        schema = self.schema()
         with self._open(split) as f:
             sizes = {}
             for cid, group in f["examples"].items():
-                if x_name not in group:
-                    raise self._missing(split, cid, x_name, group)
-                sizes[cid] = int(group[x_name].shape[0])
+                for col in schema.columns:
+                    if col.name not in group:
+                        raise self._missing(split, cid, col.name, group)
+                sizes[cid] = int(group[schema.x].shape[0])
             return sizes
 
     def _missing(self, split: str, cid: str, feature: str, group) -> SourceError:

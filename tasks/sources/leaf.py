@@ -98,6 +98,9 @@ class LeafSource(Source):
         if array.dtype.kind not in "iuf" or array.ndim == 0:
             raise SourceError(f"LEAF source {path}: user {user!r}: x must be lists of numbers or strings. Got "
                               f"{str(first)[:80]!r}. (Sent140's [id, date, query, user, text] rows are not supported.)")
+        if y and not (isinstance(y[0], int) or (isinstance(y[0], float) and float(y[0]).is_integer())):
+            raise SourceError(f"LEAF source {path}: user {user!r}: numeric x needs integer class labels in y. Got "
+                              f"{y[0]!r}. Fix: map the labels to 0..num_classes-1.")
         shape = tuple(array.shape)
         if self.feature_shape:
             if int(np.prod(self.feature_shape)) != int(np.prod(shape)):

@@ -5,7 +5,8 @@ from tasks import paths, shards, stage
 from tasks.config import ExperimentConfig
 
 SMALL = ExperimentConfig(num_clients=5, clients_per_round=3, min_examples_per_client=10)
-FEATURE = shards.Feature("pixels", "float32", (2, 2, 1))
+SCHEMA = shards.Schema("image", (shards.Column("pixels", "float32", (2, 2, 1)), shards.Column("label", "int64")),
+                       x="pixels", label="label", num_classes=10)
 
 # 10 classes x 60 examples, in class order.
 LABELS = np.repeat(np.arange(10), 60)
@@ -130,7 +131,7 @@ def test_staging_writes_a_manifest_and_parquet_shards_under_the_fingerprint(stag
         "manifest.json", "test-00000.parquet", "train-00000.parquet"
     ]
     data = staged.manifest.data
-    assert data["settings"] == stage.staging_settings(SMALL)
+    assert data["settings"] == stage.staging_settings(SMALL, None)
     assert staged.manifest.client_ids("train") == [f"client_{i}" for i in range(5)]
     assert data["splits"]["train"]["num_examples"] + data["splits"]["test"]["num_examples"] == 1797
     assert set(data["files"]) == {"train-00000.parquet", "test-00000.parquet"}
@@ -173,36 +174,36 @@ def test_another_seed_is_staged_into_another_fingerprint_directory(staged):
 
 def test_a_crash_mid_stage_leaves_neither_a_stage_nor_a_temp_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDFLOW_DATA_DIR", str(tmp_path / "data"))
-    real_write_split = shards.write_split
+    real_add = shards.DatasetWriter.add
     calls = []
 
-    def write_then_crash(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) > 1:
+    def write_then_crash(self, split, client):
+        calls.append(split)
+        if split == "test":
             raise OSError("disk full")
-        return real_write_split(*args, **kwargs)
+        return real_add(self, split, client)
 
-    monkeypatch.setattr(shards, "write_split", write_then_crash)
+    monkeypatch.setattr(shards.DatasetWriter, "add", write_then_crash)
 
     with pytest.raises(OSError, match="disk full"):
         stage.stage_dataset(SMALL)
 
-    assert calls == ["train", "test"]
+    assert calls == ["train"] * 5 + ["test"]
     assert list((paths.staged_root() / "digits").iterdir()) == []
 
 
 def test_a_stager_that_loses_the_race_uses_the_winners_copy(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDFLOW_DATA_DIR", str(tmp_path / "data"))
-    real_write_split = shards.write_split
+    real_finish = shards.DatasetWriter.finish
     winner = {}
 
-    def finish_a_concurrent_stage_first(*args, **kwargs):
-        monkeypatch.setattr(shards, "write_split", real_write_split)
+    def finish_a_concurrent_stage_first(self, metadata):
+        monkeypatch.setattr(shards.DatasetWriter, "finish", real_finish)
         winner["stage"] = stage.stage_dataset(SMALL)
         winner["files"] = files_with_mtimes(winner["stage"].path)
-        return real_write_split(*args, **kwargs)
+        return real_finish(self, metadata)
 
-    monkeypatch.setattr(shards, "write_split", finish_a_concurrent_stage_first)
+    monkeypatch.setattr(shards.DatasetWriter, "finish", finish_a_concurrent_stage_first)
 
     loser = stage.stage_dataset(SMALL)
 
@@ -219,18 +220,12 @@ def known_split(tmp_path):
     """Three clients with known examples, two per shard: shard 0 holds a and b, shard 1 holds c."""
     gen = rng(7)
     clients = [
-        shards.ClientExamples(cid, gen.random((n, 2, 2, 1), dtype=np.float32), gen.integers(0, 10, n))
+        shards.Client(cid, {"pixels": gen.random((n, 2, 2, 1), dtype=np.float32), "label": gen.integers(0, 10, n)})
         for cid, n in (("a", 3), ("b", 5), ("c", 2))
     ]
-    entries, files = shards.write_split(tmp_path, "train", clients, FEATURE, clients_per_shard=2)
-    manifest = shards.Manifest(tmp_path, {
-        "fingerprint": "test",
-        "num_classes": 10,
-        "features": {"x": {"column": "pixels", "dtype": "float32", "shape": [2, 2, 1]}},
-        "splits": {"train": {"num_examples": 10, "clients": entries}},
-        "files": files,
-    })
-    return clients, manifest
+    shards.write_dataset(tmp_path, {"train": clients}, SCHEMA, metadata={"fingerprint": "test"}, clients_per_shard=2)
+    return [shards.ClientExamples(c.client_id, c.columns["pixels"], c.columns["label"]) for c in clients], (
+        shards.Manifest.read(tmp_path))
 
 
 def test_read_client_returns_exactly_that_clients_examples(known_split):
@@ -244,7 +239,7 @@ def test_read_client_returns_exactly_that_clients_examples(known_split):
         assert np.array_equal(got.y, expected.y) and got.y.dtype == np.int64
 
 
-def test_each_client_is_one_row_group_of_its_shard(known_split):
+def test_each_client_is_one_row_group_of_its_shard_at_the_recorded_byte_range(known_split):
     clients, manifest = known_split
 
     entries = {c: manifest.client_entry("train", c) for c in "abc"}
@@ -255,6 +250,12 @@ def test_each_client_is_one_row_group_of_its_shard(known_split):
     a, b = manifest.read_client("train", "a"), manifest.read_client("train", "b")
     assert (len(a.y), len(b.y)) == (3, 5)  # one row group each, not the whole shard
     assert np.array_equal(b.x, clients[1].x)
+    # offset/length point at the row group's bytes: b's pixels are inside its range, not a's
+    raw = (manifest.root / "train-00000.parquet").read_bytes()
+    ea, eb = entries["a"], entries["b"]
+    assert ea["offset"] + ea["length"] <= eb["offset"]
+    assert clients[1].x.tobytes() in raw[eb["offset"] : eb["offset"] + eb["length"]]
+    assert clients[1].x.tobytes() not in raw[ea["offset"] : ea["offset"] + ea["length"]]
 
 
 def test_read_split_concatenates_the_clients_in_manifest_order(known_split):
@@ -274,7 +275,56 @@ def test_reading_an_unknown_client_raises_naming_the_client_and_split(known_spli
 
 
 def test_writing_a_client_of_the_wrong_shape_is_rejected_naming_it(tmp_path):
-    bad = shards.ClientExamples("odd", np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, np.int64))
+    bad = shards.Client("odd", {"pixels": np.zeros((2, 3, 3, 1), np.float32), "label": np.zeros(2, np.int64)})
 
-    with pytest.raises(shards.Error, match=r"Client odd: expected x of shape \(n, \(2, 2, 1\)\)"):
-        shards.write_split(tmp_path, "train", [bad], FEATURE)
+    with pytest.raises(shards.SchemaError, match=r"client 'odd', column 'pixels': expected examples of shape "
+                                                r"\(2, 2, 1\)"):
+        shards.write_dataset(tmp_path, {"train": [bad]}, SCHEMA, metadata={})
+    assert not (tmp_path / shards.MANIFEST).exists()
+
+
+# -- more partitions and the three splits of digits -----------------------------------------------
+
+
+def test_pathological_partition_gives_each_client_exactly_k_classes_and_uses_every_example_once():
+    parts = stage.pathological_partition(LABELS, 10, 2, 5, rng())
+
+    assert [len(np.unique(LABELS[p])) for p in parts] == [2] * 10
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+
+
+def test_shard_partition_deals_label_sorted_shards_so_clients_see_few_classes():
+    parts = stage.shard_partition(LABELS, 10, 2, 5, rng())
+
+    assert sorted(len(p) for p in parts) == [60] * 10
+    assert max(len(np.unique(LABELS[p])) for p in parts) <= 4  # two shards of <= 2 classes each
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+    with pytest.raises(stage.PartitionError, match="shards exceed"):
+        stage.shard_partition(LABELS[:15], 10, 2, 1, rng())
+
+
+def test_pathological_with_more_classes_than_exist_is_refused():
+    with pytest.raises(stage.PartitionError, match="classes_per_client must be <= the 10 classes"):
+        stage.pathological_partition(LABELS, 10, 11, 1, rng())
+
+
+@pytest.mark.parametrize("split", ["within_client", "by_client"])
+@pytest.mark.parametrize("partition", ["iid", "pathological", "shards"])
+def test_digits_splits_by_client_or_within_clients(monkeypatch, tmp_path, split, partition):
+    monkeypatch.setenv("FEDFLOW_DATA_DIR", str(tmp_path))
+    cfg = ExperimentConfig(num_clients=8, clients_per_round=3, partition=partition, split=split, test_fraction=0.25)
+
+    m = stage.stage_dataset(cfg).manifest
+
+    train, test = set(m.client_ids("train")), set(m.client_ids("test"))
+    assert len(train) == 8
+    if split == "by_client":
+        assert len(test) == 2 and not train & test  # held-out clients never train
+    else:
+        assert test == train  # the same clients' other examples
+        for cid in train:
+            n_train, n_test = m.client_entry("train", cid)["num_examples"], m.client_entry("test", cid)["num_examples"]
+            assert n_train >= cfg.min_examples_per_client and abs(n_test - 0.25 * (n_train + n_test)) <= 1
+    total = m.data["splits"]["train"]["num_examples"] + m.data["splits"]["test"]["num_examples"]
+    assert total == 1797  # every example is in exactly one client and split
+    assert m.data["settings"]["split"] == split

@@ -1,0 +1,48 @@
+"""
+### Federated data: stage and validate a data set
+
+Stages a federated data set into per-client Parquet shards and validates it, without training: to
+prepare data ahead of experiments, to inspect a new source (h5 ClientData, LEAF JSON, a CSV/Parquet
+table, the Shakespeare plays, MovieLens-100K), or to schedule training on new data.
+
+1. **resolve_config** checks the data parameters and opens an MLflow run (experiment `fedflow-data`).
+2. **stage** writes the shards and manifest (content-addressed: the same source and settings reuse the
+   same files) and announces newly staged data as an event of the asset `fedflow://staged/<dataset>`.
+3. **validate** runs the structural checks and the Great Expectations suite of the data set's kind;
+   the one-screen summary is in the task log, the Data Docs and the report in the MLflow run.
+4. **finish** closes the MLflow run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from _fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    tags=["fedflow", "data"],
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=15), "on_failure_callback": mark_mlflow_run_failed},
+    params=experiment_params({"Data"}, experiment_name="fedflow-data", num_clients=20),
+    doc_md=__doc__,
+)
+def federated_data():
+    @task(execution_timeout=timedelta(minutes=5))
+    def finish(handle: dict, checked: dict) -> dict:  # noqa: ARG001 - ``checked`` orders the tasks
+        from tasks import steps
+
+        return steps.finish_data_run(handle)
+
+    handle = resolve_task(training=False)()
+    finish(handle, validate_task(training=False)(handle, stage(handle)))
+
+
+federated_data()
