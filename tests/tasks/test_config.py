@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import jsonschema
 import pytest
@@ -8,7 +9,7 @@ from tasks.config import MAX_CHUNKS, ConfigError, ExperimentConfig, param_schema
 # (field, bad value): each must be rejected by ExperimentConfig and by the field's JSON schema.
 BAD_VALUES = [
     ("num_clients", 1),  # below minimum
-    ("num_clients", 501),  # above maximum
+    ("num_clients", 100001),  # above maximum
     ("dirichlet_alpha", 0.0),  # exclusiveMinimum
     ("test_fraction", 0.9),
     ("rounds", "40"),  # wrong type
@@ -58,7 +59,7 @@ def test_the_json_schema_rejects_the_same_bad_values_as_the_config(field, value)
 
 
 def test_an_out_of_range_value_message_states_the_bounds():
-    with pytest.raises(ConfigError, match=r"num_clients must be >= 2 and <= 500\. Got 1\."):
+    with pytest.raises(ConfigError, match=r"num_clients must be >= 2 and <= 100000\. Got 1\."):
         ExperimentConfig(num_clients=1)
 
 
@@ -68,7 +69,7 @@ def test_a_wrong_type_message_names_the_expected_type():
 
 
 def test_a_bad_enum_value_message_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"partition must be one of \['dirichlet', 'iid'\]\. Got 'random'"):
+    with pytest.raises(ConfigError, match=r"partition must be one of \['dirichlet', 'iid', 'pathological', 'shards'\]\. Got 'random'"):
         ExperimentConfig(partition="random")
 
 
@@ -143,3 +144,44 @@ def test_a_config_survives_a_json_round_trip(tmp_path):
     assert back == cfg
     assert isinstance(back.dirichlet_alpha, float)
 
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dataset": "h5"}, "source_path is required for dataset 'h5'"),
+        ({"source_path": "/x.h5"}, "source_path / source_test_path apply to the h5, leaf and table datasets"),
+        ({"dataset": "leaf", "source_path": "/d", "split": "source"}, "split 'source' needs source_test_path"),
+        ({"dataset": "leaf", "source_path": "/d", "source_test_path": "/t", "split": "by_client"},
+         "source_test_path is only read with split 'source' or 'auto'"),
+        ({"dataset": "h5", "source_path": "/x.h5", "split": "central"}, "split 'central' pools a stratified test set"),
+        ({"partition": "pathological", "classes_per_client": 11}, "classes_per_client must be <= 10"),
+    ],
+)
+def test_inconsistent_data_settings_are_rejected_with_the_fix(settings, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExperimentConfig(**settings)
+
+
+def test_auto_split_is_central_for_digits_source_with_a_test_file_else_within_client():
+    assert ExperimentConfig().effective_split == "central"
+    assert ExperimentConfig(dataset="h5", source_path="/a.h5").effective_split == "within_client"
+    assert ExperimentConfig(dataset="h5", source_path="/a.h5", source_test_path="/b.h5").effective_split == "source"
+
+
+def test_feature_shape_and_columns_parse():
+    cfg = ExperimentConfig(dataset="table", source_path="/t.csv", feature_shape=" 28, 28 ", feature_columns="a, b,c")
+
+    assert cfg.parsed_feature_shape == (28, 28)
+    assert cfg.parsed_feature_columns == ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="feature_shape must match"):
+        ExperimentConfig(feature_shape="28x28")
+
+
+@pytest.mark.parametrize("dataset", ["shakespeare", "movielens"])
+def test_text_and_ratings_data_are_refused_for_classifier_training_pointing_at_the_data_dag(dataset):
+    cfg = ExperimentConfig(dataset=dataset)  # fine for staging
+
+    with pytest.raises(ConfigError, match="federated_data DAG"):
+        cfg.check_trainable()
+    ExperimentConfig().check_trainable()
