@@ -371,7 +371,10 @@ def _write_federated(out: Path, cfg: ExperimentConfig, source: Source, metadata:
     except BaseException:
         writer.abort()
         raise
-    writer.finish({**metadata, "source": {"name": source.name, **source.identity()},
+    facts = source.source_facts() if hasattr(source, "source_facts") else {}
+    if "rating_min" in facts:  # the scale validation checks ratings against
+        facts["rating_range"] = [facts["rating_min"], facts["rating_max"]]
+    writer.finish({**metadata, "source": {"name": source.name, **source.identity(), **facts},
                    "source_clients": len(sizes), "eligible_clients": len(eligible)})
 
 

@@ -1,15 +1,48 @@
-"""Validate step: structural checks of a staged data set, then a Great Expectations suite.
+"""Validate step: stop a bad staged data set before any training, with a report a person can read.
 
-Structural checks (files present, checksums, row groups where the manifest says, enough clients and
-examples for the config) run first; the GX suite then checks the examples themselves (labels in range,
-pixels finite and in [0, 1], no missing client ids, every class present in training). Either kind of
-failure stops the run before any training, with every problem listed.
+Two layers, in order:
+
+1. **Structural checks** (plain Python; GX cannot express them): the manifest is the one staging
+   wrote (``content_sha256``), every shard exists with its recorded size and SHA-256, each client's
+   row group is where the manifest says with as many rows, client ids are unique and non-empty per
+   split (and disjoint between train and test for a ``by_client`` split), train and test are
+   non-empty, the schema has the columns its kind needs, the config fits the data (clients per
+   round), the model can train this kind, and the source files are the ones staged. When the files
+   or the manifest cannot be trusted, the examples are not read at all.
+2. **Great Expectations suites** chosen by the data set's kind, run on a pandas frame of one row per
+   example (``split``, ``client_id`` and per-example columns; tensors enter as per-example
+   ``<x>_min``/``<x>_max``/``<x>_finite``, text as the strings plus ``<col>_oov`` counts), and on a
+   frame of one row per client (``num_examples``).
+
+Decisions, for a user reading a failure:
+
+- *Every class present in training* fails the run when there are at most
+  :data:`MAX_CLASSES_ALL_REQUIRED` classes (a digit no client holds can never be learned: stop), and
+  is a warning above that (large label spaces, e.g. EMNIST-62 or CIFAR-100 subsets, routinely miss
+  rare classes in a drawn subset of clients).
+- *Text vocabulary*: the 86 characters of TFF's Shakespeare text-generation tutorial. The rate is per
+  character (out-of-vocabulary characters / all characters, the usual OOV rate of a character
+  model); it fails above :data:`MAX_OOV_RATE` (1 %): below that the tutorial maps them to the OOV
+  token harmlessly, above it the vocabulary does not fit the text. The rate and the most frequent
+  unknown characters are always in the statistics.
+- *Which clients, which values*: GX 1.24 runs with ``SUMMARY`` results (sample values for Data
+  Docs); the clients named in a problem line come from the same frame with the expectation's own
+  arguments, because GX's ``unexpected_index_column_names`` costs ~7 s per 200k unexpected rows
+  here (measured), which a fully broken data set would pay per expectation.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +51,23 @@ import pyarrow.parquet as pq
 
 from tasks import atomic, shards
 from tasks.config import ExperimentConfig
+from tasks.shards import manifest_digest  # the writer records it; re-exported for callers
 
 log = logging.getLogger(__name__)
-SUITE_NAME = "fedflow_staged_examples"
+
+# The character vocabulary of TFF's text-generation tutorial (Shakespeare), 86 characters.
+VOCABULARY = frozenset('dhlptx@DHLPTX $(,048cgkoswCGKOSW[_#\'/37;?bfjnrvzBFJNRVZ"&*.26:\naeimquyAEIMQUY]!%)-159\r')
+_DROP_VOCABULARY = {ord(ch): None for ch in VOCABULARY}
+MAX_OOV_RATE = 0.01
+MAX_TEXT_CHARS = 10_000
+MAX_CLASSES_ALL_REQUIRED = 100
+DEFAULT_RATING_RANGE = (1.0, 5.0)  # a source may record another scale as manifest["source"]["rating_range"]
+RATINGS_COLUMNS = {"item_id": "int64", "rating": "float32", "timestamp": "int64"}
+LABEL_TYPES = ["int64", "int32", "int16", "int8", "uint8", "uint16"]
+MAX_LISTED = 5
+SUMMARY_LINES = 25
+DIGEST_KEY = "content_sha256"
+RESTAGE_FIX = "Fix: delete the staged directory and re-run the DAG (staging writes a fresh copy)."
 
 
 class Error(Exception):
@@ -32,152 +79,745 @@ class DataValidationError(Error):
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidationReport:
-    success: bool
-    structural_problems: list[str]
-    expectations: list[dict[str, Any]]
-    statistics: dict[str, Any]
+class Check:
+    """One check's outcome. ``problems`` are full lines (what, where, the fix); ``detail`` is the
+    one-line result for the summary. A failed ``warning`` check is reported but does not fail."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    name: str
+    success: bool
+    detail: str
+    problems: tuple[str, ...] = ()
+    severity: str = "critical"
+    origin: str = "structure"  # or "great_expectations"
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    dataset: str
+    kind: str
+    success: bool
+    checks: tuple[Check, ...]
+    statistics: dict[str, Any]
+    docs_index: str | None = None
 
     def problems(self) -> list[str]:
-        failed = [
-            f"expectation {e['expectation']} on {e['column'] or 'table'} failed "
-            f"(expected {e['expected']}): {e['observed']}"
-            for e in self.expectations
-            if not e["success"]
-        ]
-        return [*self.structural_problems, *failed]
+        """Every failed critical check's problem lines (empty when the data set passed)."""
+        return [p for c in self.checks if not c.success and c.severity == "critical" for p in c.problems]
+
+    def warnings(self) -> list[str]:
+        return [p for c in self.checks if not c.success and c.severity != "critical" for p in c.problems]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "problems": self.problems(), "warnings": self.warnings()}
+
+    def summary(self) -> str:
+        """One screen of text: the data set, its size, every check ✓/✗ (⚠ for a failed warning), the verdict."""
+        s = self.statistics
+        lines = [f"Validation of {self.dataset} ({self.kind}), fingerprint {s.get('fingerprint', '?')}"]
+        splits = s.get("splits", {})
+        lines.append("  " + "; ".join(f"{name}: {_count(v['clients'], 'client')}, {_count(v['examples'], 'example')}"
+                                      for name, v in sorted(splits.items(), key=lambda kv: kv[0] != "train")))
+        if epc := s.get("examples_per_client"):
+            lines.append(f"  examples per train client: min {epc['min']:,}, median {epc['median']:g}, "
+                         f"max {epc['max']:,}")
+        if "oov_rate" in s:
+            top = ", ".join(f"{ch!r} ×{n}" for ch, n in s["top_unknown_characters"][:5]) or "none"
+            lines.append(f"  text: {s['characters']:,} characters, out of vocabulary {s['oov_rate']:.3%} (top: {top})")
+        rows = [("✓" if c.success else "✗" if c.severity == "critical" else "⚠", c) for c in self.checks]
+        room = SUMMARY_LINES - len(lines) - 2  # the Data Docs and verdict lines follow
+        if len(rows) > room:  # keep the structure and every failure; fold the rest of the passing expectations
+            folded = [c for _, c in rows if c.success and c.origin != "structure"]
+            keep = {id(c) for c in folded[: max(0, room - 1 - (len(rows) - len(folded)))]}
+            rows = [(m, c) for m, c in rows if id(c) in keep or not (c.success and c.origin != "structure")]
+            lines += [_clip(f"  {m} {c.name}: {c.detail}") for m, c in rows]
+            lines.append(f"  ✓ {len(folded) - len(keep)} more expectation(s) passed (see Data Docs)")
+        else:
+            lines += [_clip(f"  {m} {c.name}: {c.detail}") for m, c in rows]
+        lines.append(f"  Data Docs: {self.docs_index or 'not built'}")
+        problems, warnings = self.problems(), self.warnings()
+        verdict = "PASSED" if self.success else f"FAILED: {len(problems)} problem(s), first: {problems[0]}"
+        extra = f" ({len(warnings)} warning(s))" if warnings else ""
+        took = s.get("seconds", {}).get("total")
+        lines.append(_clip(f"Verdict: {verdict}{extra}" + (f" [{took:.1f} s]" if took is not None else "")))
+        return "\n".join(lines)
 
 
-def validate_staged(manifest: shards.Manifest, cfg: ExperimentConfig) -> ValidationReport:
-    problems = check_structure(manifest, cfg)
-    if problems:  # the examples cannot be trusted (or even read): report without running the suite
-        return ValidationReport(False, problems, [], {})
-    frame = example_frame(manifest)
-    expectations = run_expectation_suite(frame, manifest.num_classes)
-    statistics = {
-        "examples": int(len(frame)),
-        "train_clients": len(manifest.client_ids("train")),
-        "examples_per_client": _describe([c["num_examples"] for c in manifest.data["splits"]["train"]["clients"]]),
-    }
-    success = all(e["success"] for e in expectations)
-    return ValidationReport(success, [], expectations, statistics)
+def validate_staged(manifest: shards.Manifest, cfg: ExperimentConfig, *, training: bool = True,
+                    source_identity: Mapping[str, Any] | None = None, docs_dir: Path | None = None) -> ValidationReport:
+    """Validates a staged data set for ``cfg``: structural checks, then the kind's GX suites.
+
+    Args:
+      manifest: the staged data set.
+      cfg: the experiment (min examples per client, clients per round, held-out clients, model).
+      training: False (the data-only DAG) skips the checks only training needs (model, clients per round).
+      source_identity: ``stage.open_source(cfg).identity()`` recomputed now; compared with the identity
+        recorded at staging (None: not checked, e.g. digits, which has no source files).
+      docs_dir: where to write the GX Data Docs site (replaced as a whole); None: no Data Docs.
+
+    Returns:
+      The report; ``success`` is False when any critical check failed. Nothing raises for bad data.
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    checks, blocking = structural_checks(manifest, cfg, training=training, source_identity=source_identity)
+    seconds["structure"] = time.perf_counter() - started
+    statistics: dict[str, Any] = {"dataset": manifest.data.get("dataset", "?"), "kind": _kind(manifest),
+                                  "fingerprint": manifest.data.get("fingerprint", "?"),
+                                  "splits": _split_sizes(manifest)}
+    docs_index = None
+    if not blocking:
+        t = time.perf_counter()
+        examples, text_stats = example_frame(manifest)
+        clients = client_frame(examples)
+        seconds["read"] = time.perf_counter() - t
+        statistics.update(_statistics(manifest, examples, clients, text_stats))
+        t = time.perf_counter()
+        expectation_checks, docs_index = run_suites(manifest, cfg, examples, clients, text_stats, docs_dir=docs_dir)
+        seconds["expectations_and_docs"] = time.perf_counter() - t
+        checks += expectation_checks
+    seconds["total"] = time.perf_counter() - started
+    statistics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    success = all(c.success for c in checks if c.severity == "critical")
+    report = ValidationReport(statistics["dataset"], statistics["kind"], success, tuple(checks), statistics, docs_index)
+    log.info("Validation of %s:\n%s", manifest.root, report.summary())
+    return report
 
 
-def check_structure(manifest: shards.Manifest, cfg: ExperimentConfig) -> list[str]:
-    problems = []
-    for name, meta in manifest.data["files"].items():
+# -- structural checks ------------------------------------------------------------------------------
+def structural_checks(manifest: shards.Manifest, cfg: ExperimentConfig, *, training: bool = True,
+                      source_identity: Mapping[str, Any] | None = None) -> tuple[list[Check], bool]:
+    """The checks GX cannot express; also returns whether the examples are unsafe to read."""
+    missing = [k for k in ("schema", "splits", "files") if k not in manifest.data]
+    if missing:
+        problem = (f"manifest {manifest.root / shards.MANIFEST} lacks {missing} (format_version "
+                   f"{manifest.data.get('format_version')}; this validator reads {shards.FORMAT_VERSION}). "
+                   + RESTAGE_FIX)
+        return [_failed("manifest format", [problem])], True
+    integrity = [_check_digest(manifest), _check_files(manifest)]
+    if integrity[1].success:
+        integrity.append(_check_layout(manifest))
+    integrity += [_check_schema(manifest), _check_client_ids(manifest)]
+    checks = [*integrity, _check_clients(manifest), _check_splits(manifest)]
+    if training:
+        checks.append(_check_clients_per_round(manifest, cfg))
+        if integrity[-2].success:  # a readable schema
+            checks.append(_check_model(manifest, cfg))
+    if source_identity is not None:
+        checks.append(_check_source(manifest, source_identity))
+    return checks, not all(c.success for c in integrity)
+
+
+def _passed(name: str, detail: str) -> Check:
+    return Check(name, True, detail)
+
+
+def _failed(name: str, problems: Sequence[str], severity: str = "critical") -> Check:
+    detail = problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+    return Check(name, False, detail, tuple(problems), severity)
+
+
+def _check_digest(manifest: shards.Manifest) -> Check:
+    recorded = manifest.data.get(DIGEST_KEY)
+    if recorded is None:
+        return _passed("manifest digest", "no content_sha256 recorded (staged before digests)")
+    actual = manifest_digest(manifest.data)
+    if actual != recorded:
+        return _failed("manifest digest", [
+            f"manifest {manifest.root / shards.MANIFEST} was edited after staging: its content_sha256 is "
+            f"{recorded[:12]}…, its content hashes to {actual[:12]}…. {RESTAGE_FIX}"])
+    return _passed("manifest digest", "content_sha256 matches")
+
+
+def _check_files(manifest: shards.Manifest) -> Check:
+    problems, total = [], 0
+    for name, meta in manifest.data.get("files", {}).items():
         path = manifest.root / name
-        if not path.exists():
-            problems.append(f"shard {name} is missing from {manifest.root}")
+        if not path.is_file():
+            problems.append(f"shard {name} is missing from {manifest.root}. {RESTAGE_FIX}")
+            continue
+        size = path.stat().st_size
+        total += size
+        if "bytes" in meta and size != meta["bytes"]:
+            problems.append(f"shard {name} has {size:,} bytes, the manifest says {meta['bytes']:,} (truncated or "
+                            f"modified). {RESTAGE_FIX}")
         elif atomic.sha256_file(path) != meta["sha256"]:
-            problems.append(f"shard {name} does not match its manifest checksum (modified or truncated)")
+            problems.append(f"shard {name} does not match its manifest sha256 (modified). {RESTAGE_FIX}")
     if problems:
-        return problems
-    shard_metadata = {name: pq.ParquetFile(manifest.root / name).metadata for name in manifest.data["files"]}
-    for split in ("train", "test"):
-        clients = manifest.data["splits"][split]["clients"]
-        if not clients:
-            problems.append(f"split {split!r} has no clients")
-        ids = [c["id"] for c in clients]
-        if len(set(ids)) != len(ids):
-            problems.append(f"split {split!r} lists duplicate client ids")
+        return _failed("shard files", problems)
+    return _passed("shard files", f"{len(manifest.data.get('files', {}))} files ({_size(total)}), sizes and "
+                                  "sha256 match the manifest")
+
+
+def _check_layout(manifest: shards.Manifest) -> Check:
+    problems: list[str] = []
+    files = manifest.data.get("files", {})
+    metadata = {name: pq.ParquetFile(manifest.root / name).metadata for name in files}
+    try:
+        expected_schema = manifest.schema.arrow_schema()
+    except (shards.Error, KeyError, TypeError, ValueError) as e:
+        return _failed("shard layout", [f"manifest schema cannot be read: {e}. {RESTAGE_FIX}"])
+    for name, meta in metadata.items():
+        if not meta.schema.to_arrow_schema().remove_metadata().equals(expected_schema):
+            problems.append(f"shard {name}: columns {meta.schema.to_arrow_schema().names} / types do not match the "
+                            f"manifest schema {expected_schema.names}. {RESTAGE_FIX}")
+    used: collections.Counter[str] = collections.Counter()
+    for split, info in manifest.data["splits"].items():
+        clients = info.get("clients", [])
         for c in clients:
-            metadata = shard_metadata.get(c["shard"])
-            if metadata is None:
-                problems.append(f"client {c['id']}: shard {c['shard']} is not among the manifest's files")
-            elif c["row_group"] >= metadata.num_row_groups:
-                problems.append(f"client {c['id']}: row group {c['row_group']} is not in {c['shard']}")
-            elif metadata.row_group(c["row_group"]).num_rows != c["num_examples"]:
-                problems.append(
-                    f"client {c['id']}: manifest says {c['num_examples']} examples, "
-                    f"row group has {metadata.row_group(c['row_group']).num_rows}"
-                )
-    train = manifest.data["splits"]["train"]["clients"]
-    small = [c["id"] for c in train if c["num_examples"] < cfg.min_examples_per_client]
-    if small:
-        problems.append(f"clients with fewer than min_examples_per_client={cfg.min_examples_per_client}: {small}")
-    if len(train) < cfg.clients_per_round:
-        problems.append(f"clients_per_round={cfg.clients_per_round} exceeds the {len(train)} training clients")
-    return problems
+            where = f"client {c['id']!r} ({split})"
+            meta = metadata.get(c["shard"])
+            if meta is None:
+                problems.append(f"{where}: shard {c['shard']} is not among the manifest's files. {RESTAGE_FIX}")
+                continue
+            used[c["shard"]] += 1
+            if not 0 <= c["row_group"] < meta.num_row_groups:
+                problems.append(f"{where}: row group {c['row_group']} is not in {c['shard']} "
+                                f"({meta.num_row_groups} row groups). {RESTAGE_FIX}")
+                continue
+            rg = meta.row_group(c["row_group"])
+            if rg.num_rows != c["num_examples"]:
+                problems.append(f"{where}: the manifest says {c['num_examples']:,} examples, row group "
+                                f"{c['row_group']} of {c['shard']} has {rg.num_rows:,}. {RESTAGE_FIX}")
+            stats = rg.column(0).statistics if rg.num_rows else None
+            if stats is not None and stats.has_min_max and not (stats.min == stats.max == c["id"]):
+                problems.append(f"{where}: row group {c['row_group']} of {c['shard']} holds client ids "
+                                f"{stats.min!r}..{stats.max!r}. {RESTAGE_FIX}")
+        if info.get("num_clients", len(clients)) != len(clients) or \
+                info.get("num_examples") != sum(c["num_examples"] for c in clients):
+            problems.append(f"split {split!r}: num_clients/num_examples ({info.get('num_clients')}, "
+                            f"{info.get('num_examples')}) disagree with its client list ({len(clients)}, "
+                            f"{sum(c['num_examples'] for c in clients)}). {RESTAGE_FIX}")
+    for name, meta in metadata.items():
+        if used[name] != meta.num_row_groups:
+            problems.append(f"shard {name} has {meta.num_row_groups} row groups, the manifest lists {used[name]} "
+                            f"clients in it. {RESTAGE_FIX}")
+    if problems:
+        return _failed("shard layout", problems)
+    return _passed("shard layout", "schema, row groups and row counts match the manifest")
 
 
-def example_frame(manifest: shards.Manifest) -> pd.DataFrame:
-    """One row per example: split, client_id, label, and per-example pixel statistics."""
-    frames = []
+def _check_schema(manifest: shards.Manifest) -> Check:
+    """The columns the kind needs exist (their dtypes are GX's to check)."""
+    try:
+        schema = manifest.schema
+    except (shards.Error, KeyError, TypeError, ValueError) as e:
+        return _failed("schema", [f"the manifest's schema is unreadable: {e}. {RESTAGE_FIX}"])
+    names = [c.name for c in schema.columns]
+    problems = []
+    if schema.kind in ("image", "vector"):
+        x = schema.column(schema.x) if schema.x else None
+        if x is None or x.dtype == "string" or not x.shape:
+            problems.append(f"kind {schema.kind!r} needs a numeric tensor column x; the schema has x={schema.x!r} "
+                            f"(columns {names}).")
+        elif schema.kind == "image" and len(x.shape) not in (2, 3):
+            problems.append(f"kind 'image' needs x of rank 2 or 3 (h, w[, c]); {x.name!r} has shape {x.shape}.")
+    elif schema.kind == "text":
+        if not any(c.dtype == "string" for c in schema.columns):
+            problems.append(f"kind 'text' needs a string column; the schema has {names}.")
+    elif schema.kind == "ratings":
+        missing = [f"{n} ({t})" for n, t in RATINGS_COLUMNS.items() if n not in names]
+        if missing:
+            problems.append(f"kind 'ratings' needs columns {missing}; the schema has {names}.")
+    if problems:
+        return _failed("schema", [f"{p} Fix: re-stage with a source reader that writes them." for p in problems])
+    return _passed("schema", f"{schema.kind}: columns {names}")
+
+
+def _check_client_ids(manifest: shards.Manifest) -> Check:
+    problems = []
+    for split, info in manifest.data["splits"].items():
+        counts = collections.Counter(c["id"] for c in info.get("clients", []))
+        dup = sorted(cid for cid, n in counts.items() if n > 1)
+        if dup:
+            problems.append(f"split {split!r} lists duplicate client ids {_listing(dup)}. {RESTAGE_FIX}")
+    if problems:
+        return _failed("client ids", problems)
+    return _passed("client ids", "unique in every split")
+
+
+def _check_clients(manifest: shards.Manifest) -> Check:
+    problems = []
+    for split, info in manifest.data["splits"].items():
+        empty = [c["id"] for c in info.get("clients", []) if c["num_examples"] < 1]
+        if empty:
+            problems.append(f"split {split!r} has empty clients (no examples): {_listing(empty)}. Fix: drop empty "
+                            "clients from the source and re-stage.")
+    if manifest.data.get("settings", {}).get("split") == "by_client":
+        both = sorted(set(manifest.client_ids("train")) & set(manifest.client_ids("test")))
+        if both:
+            problems.append(f"split 'by_client' must keep test clients out of training, but {len(both)} client(s) "
+                            f"are in both train and test: {_listing(both)}. {RESTAGE_FIX}")
+    if problems:
+        return _failed("clients", problems)
+    return _passed("clients", "none empty" + (", train and test disjoint (by_client)"
+                                              if manifest.data.get("settings", {}).get("split") == "by_client" else ""))
+
+
+def _check_splits(manifest: shards.Manifest) -> Check:
+    problems = []
     for split in ("train", "test"):
-        for client_id in manifest.client_ids(split):
-            ex = manifest.read_client(split, client_id)
-            flat = ex.x.reshape(len(ex.y), -1)
-            finite = np.isfinite(flat).all(axis=1)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "split": split,
-                        "client_id": client_id,
-                        "label": ex.y,
-                        "pixel_min": flat.min(axis=1),  # NaN where not finite: caught below
-                        "pixel_max": flat.max(axis=1),
-                        "pixels_finite": finite,
-                    }
-                )
-            )
-    return pd.concat(frames, ignore_index=True)
+        info = manifest.data["splits"].get(split, {})
+        if not info.get("clients") or not info.get("num_examples"):
+            problems.append(f"split {split!r} is empty (no clients or no examples). Fix: re-stage with a smaller "
+                            "test_fraction / more clients, or a source that has a test file (split 'source').")
+    if problems:
+        return _failed("splits", problems)
+    return _passed("splits", "train and test are non-empty")
 
 
-def run_expectation_suite(frame: pd.DataFrame, num_classes: int) -> list[dict[str, Any]]:
-    """Runs the GX suite on ``frame`` with an ephemeral context; one summary dict per expectation."""
-    import great_expectations as gx
+def _check_clients_per_round(manifest: shards.Manifest, cfg: ExperimentConfig) -> Check:
+    train = len(manifest.clients("train"))
+    usable = train - cfg.heldout_clients
+    if cfg.clients_per_round > usable:
+        return _failed("clients per round", [
+            f"clients_per_round={cfg.clients_per_round} exceeds the {usable} training clients "
+            f"({train} train clients - {cfg.heldout_clients} held out). Fix: lower clients_per_round or "
+            "heldout_clients, or stage more clients (num_clients)."])
+    return _passed("clients per round", f"{cfg.clients_per_round} of {usable} training clients per round")
+
+
+def _check_model(manifest: shards.Manifest, cfg: ExperimentConfig) -> Check:
+    schema = manifest.schema
+    if schema.kind not in ("image", "vector") or schema.label is None:
+        what = f"{schema.kind} data" + ("" if schema.kind in ("text", "ratings") else " without a label")
+        return _failed("model compatibility", [
+            f"model {cfg.model!r} cannot train this data set: the training engine trains labelled images and feature "
+            f"vectors, and this is {what} (kind {schema.kind!r}). Fix: use the federated_data DAG to stage/validate "
+            "only (training on text and ratings comes with their recipes)."])
+    x = schema.column(schema.x)
+    if cfg.model == "cnn" and (schema.kind != "image" or len(x.shape) not in (2, 3)):
+        return _failed("model compatibility", [
+            f"model 'cnn' needs images (x of rank 2 or 3); {x.name!r} has shape {x.shape} ({schema.kind}). "
+            "Fix: set model 'mlp', or feature_shape (e.g. '28,28') to read each example as an image, and re-stage."])
+    return _passed("model compatibility", f"model {cfg.model!r} fits {schema.kind} x{x.shape}")
+
+
+def _check_source(manifest: shards.Manifest, identity: Mapping[str, Any]) -> Check:
+    staged = manifest.data.get("settings", {}).get("source")
+    if staged is None:
+        return _failed("source unchanged", ["the manifest records no source identity to compare with (staged "
+                                            "from a built-in data set)."], severity="warning")
+    if "unreadable" in identity:  # the caller could not open the source: {"unreadable": the SourceError}
+        return _failed("source unchanged", [f"the source cannot be read now, so it may have changed since staging: "
+                                            f"{identity['unreadable']}"])
+    old, new = dict(_source_files(staged)), dict(_source_files(identity))
+    changed = [_file_change(old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+               if old.get(k) is None or new.get(k) is None or old[k][1] != new[k][1]]
+    fix = ("Fix: re-run the DAG: staging fingerprints the source, so the changed data is staged afresh under a new "
+           "fingerprint (or restore the original files to train on the staged copy).")
+    if changed:
+        return _failed("source unchanged", [f"source file(s) changed since staging: {', '.join(changed)}. {fix}"])
+    settings = sorted(k for k in staged.keys() | identity.keys() if staged.get(k) != identity.get(k)
+                      and k not in _file_keys(staged) | _file_keys(identity))
+    if settings:
+        return _failed("source unchanged", [f"source settings changed since staging: {settings}. {fix}"])
+    return _passed("source unchanged", f"{len(old)} source file(s) match the staged checksums")
+
+
+def _file_change(old: tuple[str, str] | None, new: tuple[str, str] | None) -> str:
+    if new is None:
+        return f"{old[0]} (no longer part of the source)"
+    if old is None:
+        return f"{new[0]} (new in the source)"
+    return f"{new[0]} (sha256 {new[1][:12]}…, staged from {old[1][:12]}…)"
+
+
+def _source_files(value: Any, path: str = "") -> Iterator[tuple[str, tuple[str, str]]]:
+    """(key path, (file name, sha256)) of every ``{"sha256": ...}`` record inside a source identity."""
+    if isinstance(value, Mapping):
+        if isinstance(value.get("sha256"), str):
+            yield path or "file", (str(value.get("file", path or "source")), value["sha256"])
+            return
+        for k, v in value.items():
+            yield from _source_files(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _source_files(v, f"{path}[{i}]")
+
+
+def _file_keys(identity: Mapping[str, Any]) -> set[str]:
+    return {k for k, v in identity.items() if k in ("file", "sha256") or any(True for _ in _source_files(v))}
+
+
+# -- the frames GX validates ------------------------------------------------------------------------
+def example_frame(manifest: shards.Manifest) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per example (``split``, ``client_id``, per-example columns), read client by client.
+
+    Columns are collected per client and concatenated once (linear in the data set). Tensors become
+    ``<name>_finite`` (every value finite) and, for the image ``x``, ``<x>_min``/``<x>_max`` over the
+    finite values; strings stay, with ``<name>_oov`` (characters outside :data:`VOCABULARY`).
+    Returns the frame and the text statistics (characters, unknown-character counts).
+    """
+    schema = manifest.schema
+    parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    owners: list[tuple[str, str, int]] = []
+    unknown: collections.Counter[str] = collections.Counter()
+    chars = 0
+    for split in sorted(manifest.splits, key=lambda name: name != "train"):  # training clients first
+        for cid in manifest.client_ids(split):
+            columns = manifest.read_columns(split, cid)
+            owners.append((split, cid, len(next(iter(columns.values())))))
+            for col in schema.columns:
+                values = columns[col.name]
+                if col.dtype == "string":
+                    rest = [v.translate(_DROP_VOCABULARY) if isinstance(v, str) else "" for v in values]
+                    parts[f"{col.name}_oov"].append(np.fromiter(map(len, rest), np.int64, len(rest)))
+                    unknown.update("".join(rest))
+                    chars += sum(len(v) for v in values if isinstance(v, str))
+                    parts[col.name].append(values)
+                elif col.shape:
+                    _add_tensor_columns(parts, col, values, is_image_x=schema.kind == "image" and col.name == schema.x)
+                else:
+                    parts[col.name].append(values)
+    lengths = [n for _, _, n in owners]
+    frame = pd.DataFrame({
+        "split": pd.Categorical(np.repeat(np.array([s for s, _, _ in owners], dtype=object), lengths)),
+        "client_id": pd.Categorical(np.repeat(np.array([c for _, c, _ in owners], dtype=object), lengths)),
+        **{name: np.concatenate(arrays) for name, arrays in parts.items()},
+    })
+    return frame, {"characters": chars, "unknown": unknown}
+
+
+def _add_tensor_columns(into: dict[str, list[np.ndarray]], col: shards.Column, values: np.ndarray, *,
+                        is_image_x: bool) -> None:
+    flat = values.reshape(len(values), int(np.prod(col.shape)))
+    finite = np.isfinite(flat) if flat.dtype.kind == "f" else np.ones(flat.shape, bool)
+    into[f"{col.name}_finite"].append(finite.all(axis=1))
+    if is_image_x:
+        lo = np.min(flat, axis=1, where=finite, initial=np.inf).astype(np.float64)
+        hi = np.max(flat, axis=1, where=finite, initial=-np.inf).astype(np.float64)
+        none = ~finite.any(axis=1)
+        lo[none], hi[none] = np.nan, np.nan
+        into[f"{col.name}_min"].append(lo)
+        into[f"{col.name}_max"].append(hi)
+
+
+def client_frame(examples: pd.DataFrame) -> pd.DataFrame:
+    """One row per client: ``split``, ``client_id``, ``num_examples`` (counted from the examples)."""
+    counts = examples.groupby(["split", "client_id"], observed=True).size()
+    return counts.rename("num_examples").reset_index().astype({"split": str, "client_id": str})
+
+
+# -- the GX suites ---------------------------------------------------------------------------------
+def example_expectations(manifest: shards.Manifest, frame: pd.DataFrame) -> list:
+    """The per-example suite of the data set's kind (GX expectation objects)."""
     import great_expectations.expectations as gxe
 
-    context = gx.get_context(mode="ephemeral")
-    batch = (
-        context.data_sources.add_pandas("fedflow")
-        .add_dataframe_asset("staged_examples")
-        .add_batch_definition_whole_dataframe("all")
-        .get_batch(batch_parameters={"dataframe": frame})
-    )
-    suite = gx.ExpectationSuite(
-        name=SUITE_NAME,
-        expectations=[
-            gxe.ExpectColumnValuesToNotBeNull(column="client_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="label"),
-            gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=num_classes - 1),
-            gxe.ExpectColumnValuesToBeInSet(column="pixels_finite", value_set=[True]),
-            gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0.0, max_value=1.0),
-            gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0.0, max_value=1.0),
-            gxe.ExpectColumnDistinctValuesToContainSet(
-                column="label", value_set=list(range(num_classes)),
-                row_condition='split=="train"', condition_parser="pandas",
-            ),
-        ],
-    )
-    result = batch.validate(suite, result_format="SUMMARY")
+    schema = manifest.schema
+    needed = ["split", "client_id"]
+    out = [gxe.ExpectColumnValuesToNotBeNull(column="client_id", notes="Every example carries its client's id.")]
+    for col in schema.columns:
+        if col.dtype == "string":
+            needed.append(col.name)
+            out += [
+                gxe.ExpectColumnValuesToNotBeNull(column=col.name),
+                gxe.ExpectColumnValuesToBeOfType(column=col.name, type_="str"),
+                gxe.ExpectColumnValueLengthsToBeBetween(
+                    column=col.name, min_value=1, max_value=MAX_TEXT_CHARS,
+                    notes="Fix: drop empty (or split over-long) examples in the source and re-stage."),
+            ]
+            allowed = math.floor(MAX_OOV_RATE * frame[col.name].str.len().sum())
+            out.append(gxe.ExpectColumnSumToBeBetween(
+                column=f"{col.name}_oov", min_value=0, max_value=allowed, meta={"fedflow": "oov", "column": col.name},
+                notes=f"Characters outside the {len(VOCABULARY)}-character vocabulary of TFF's text tutorial: at "
+                      f"most {MAX_OOV_RATE:.0%} of all characters."))
+        elif col.shape:
+            needed.append(f"{col.name}_finite")
+            out.append(gxe.ExpectColumnValuesToBeInSet(
+                column=f"{col.name}_finite", value_set=[True],
+                notes="Every value of every example is finite (no NaN, no ±inf). Fix: repair or drop those "
+                      "examples in the source and re-stage."))
+        else:
+            needed.append(col.name)
+            if col.name != schema.label:  # the label's checks follow
+                out.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name))
+    if schema.kind in ("image", "vector") and schema.label is not None:
+        out += _label_expectations(gxe, schema.label, manifest.num_classes)
+    if schema.kind == "image":
+        x = schema.column(schema.x)
+        lo, hi = (0.0, 1.0) if np.dtype(x.dtype).kind == "f" else (0, 255)
+        fix = ("Fix: scale float pixels to [0, 1] (divide by 255) or stage them as uint8." if hi == 1.0
+               else "Fix: store pixel values 0..255.")
+        needed += [f"{x.name}_min", f"{x.name}_max"]
+        out += [gxe.ExpectColumnValuesToBeBetween(column=f"{x.name}_{end}", min_value=lo, max_value=hi,
+                                                  notes=f"Pixels ({x.dtype}) lie in [{lo}, {hi}]. {fix}")
+                for end in ("min", "max")]
+    if schema.kind == "ratings":
+        low, high = (manifest.data.get("source") or {}).get("rating_range", DEFAULT_RATING_RANGE)
+        out += [gxe.ExpectColumnValuesToBeOfType(column=n, type_=t) for n, t in RATINGS_COLUMNS.items()]
+        out += [
+            gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=low, max_value=high,
+                                              notes="Fix: rescale the ratings, or record the source's scale as "
+                                                    "source.rating_range when staging."),
+            gxe.ExpectColumnValuesToBeBetween(column="item_id", min_value=1, notes="Item ids start at 1."),
+            gxe.ExpectColumnValuesToBeBetween(column="timestamp", min_value=0, notes="Unix seconds."),
+        ]
+    return [gxe.ExpectTableColumnsToMatchSet(column_set=needed, exact_match=False,
+                                             notes=f"The per-example columns a {schema.kind} data set needs."), *out]
+
+
+def _label_expectations(gxe, label: str, num_classes: int) -> list:
+    critical = num_classes <= MAX_CLASSES_ALL_REQUIRED
     return [
-        {
-            "expectation": r.expectation_config.type,
-            "column": r.expectation_config.kwargs.get("column"),
-            "success": bool(r.success),
-            "expected": {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("column", "batch_id")},
-            "observed": _observed(r.result),
-        }
-        for r in result.results
+        gxe.ExpectColumnValuesToNotBeNull(column=label),
+        gxe.ExpectColumnValuesToBeInTypeList(column=label, type_list=LABEL_TYPES),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=label, min_value=0, max_value=num_classes - 1,
+            notes=f"Labels are classes 0..{num_classes - 1} (num_classes from the manifest). Fix: map the source's "
+                  "classes to 0..num_classes-1, or raise num_classes and re-stage."),
+        gxe.ExpectColumnDistinctValuesToContainSet(
+            column=label, value_set=list(range(num_classes)), row_condition='split=="train"', condition_parser="pandas",
+            severity="critical" if critical else "warning",
+            notes=("Every class occurs in the training split" + ("" if critical else
+                   f" (a warning only: more than {MAX_CLASSES_ALL_REQUIRED} classes)") + ". Fix: a partition that "
+                   "gives every class to some training client (larger dirichlet_alpha, more clients), or fewer "
+                   "num_classes.")),
     ]
 
 
-def _observed(result: dict[str, Any]) -> str:
-    if "unexpected_count" in result and result.get("unexpected_count"):
-        sample = result.get("partial_unexpected_list", [])[:5]
-        return f"{result['unexpected_count']} unexpected values, e.g. {sample}"
-    if result.get("missing_count"):  # e.g. expect_column_distinct_values_to_contain_set
-        return f"{result['missing_count']} missing values: {result.get('partial_missing_list', [])[:20]}"
-    if result.get("observed_value") is not None:
-        return f"observed {result['observed_value']}"
-    return "ok"
+def client_expectations(cfg: ExperimentConfig) -> list:
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeBetween(
+        column="num_examples", min_value=cfg.min_examples_per_client, row_condition='split=="train"',
+        condition_parser="pandas",
+        notes=f"Every training client has at least min_examples_per_client={cfg.min_examples_per_client} examples. "
+              "Fix: lower min_examples_per_client, or re-stage (staging keeps only clients with enough examples).")]
 
 
-def _describe(values: list[int]) -> dict[str, float]:
-    a = np.asarray(values)
-    return {"min": int(a.min()), "median": float(np.median(a)), "max": int(a.max()), "total": int(a.sum())}
+def run_suites(manifest: shards.Manifest, cfg: ExperimentConfig, examples: pd.DataFrame, clients: pd.DataFrame,
+               text_stats: Mapping[str, Any], *, docs_dir: Path | None = None) -> tuple[list[Check], str | None]:
+    """Runs both suites in one ephemeral GX context; builds Data Docs into ``docs_dir`` when given."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    tmp_docs = None
+    if docs_dir is not None:
+        docs_dir = Path(docs_dir)
+        docs_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_docs = docs_dir.parent / f".{docs_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    sites = {} if tmp_docs is None else {"fedflow": {
+        "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(tmp_docs)}}}
+    context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False), analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False), data_docs_sites=sites))
+    source = context.data_sources.add_pandas("fedflow")
+    dataset = manifest.data.get("dataset", "data")
+    run_id = RunIdentifier(run_name=str(manifest.data.get("fingerprint", "staged")))
+    checks: list[Check] = []
+    suites = [("examples", examples, example_expectations(manifest, examples)),
+              ("clients", clients, client_expectations(cfg))]
+    for unit, frame, expectations in suites:
+        batch = source.add_dataframe_asset(unit).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{dataset}.{manifest.kind}.{unit}",
+                                                       expectations=expectations))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=unit, data=batch, suite=suite))
+        result = definition.run(batch_parameters={"dataframe": frame}, run_id=run_id,
+                                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20})
+        checks += [_expectation_check(r, frame, unit, text_stats)
+                   for r in _in_suite_order(result.results, expectations)]
+    if tmp_docs is None:
+        return checks, None
+    try:  # built aside and swapped in: a reader never sees half a site or a stale one mixed in
+        context.build_data_docs(site_names=["fedflow"])
+        if docs_dir.exists():
+            shutil.rmtree(docs_dir)
+        os.rename(tmp_docs, docs_dir)
+    finally:
+        shutil.rmtree(tmp_docs, ignore_errors=True)
+    return checks, str(docs_dir / "index.html")
+
+
+def _in_suite_order(results: list, expectations: list) -> list:
+    order = {e.id: i for i, e in enumerate(expectations)}
+    return sorted(results, key=lambda r: order.get(r.expectation_config.id, len(order)))
+
+
+# -- expectation results as lines a person can read -------------------------------------------------
+def _expectation_check(result: Any, frame: pd.DataFrame, unit: str, text_stats: Mapping[str, Any]) -> Check:
+    config = result.expectation_config
+    name = f"{config.type}({_describe_args(config.kwargs)})"
+    severity = getattr(config.severity, "value", str(config.severity))
+    r = result.result or {}
+    exception = _exception_message(result.exception_info)
+    if exception:
+        detail = f"could not run: {exception}"
+    elif (config.meta or {}).get("fedflow") == "oov":
+        detail = _oov_detail(config, frame, text_stats, result.success)
+    elif "unexpected_count" in r and r.get("element_count") is not None:
+        detail = _unexpected_detail(config, frame, unit, r, result.success)
+    elif "missing_count" in r:  # distinct values to contain set
+        detail = "all present" if result.success else \
+            f"missing {r['missing_count']}: {_values(r['partial_missing_list'], total=r['missing_count'])}"
+    elif config.type == "expect_table_columns_to_match_set":
+        missing = (r.get("details", {}).get("mismatched") or {}).get("missing", [])
+        detail = f"missing columns {missing}" if missing else "all present"
+    else:
+        detail = f"observed {_values([r.get('observed_value')])[1:-1]}"
+    if not result.success and config.notes and "Fix:" in str(config.notes):
+        fix = "Fix:" + str(config.notes).split("Fix:", 1)[1]
+    else:
+        fix = ""
+    problems = (f"{name} failed: {detail}" + (f". {fix}" if fix else ""),) if not result.success else ()
+    return Check(name, bool(result.success), detail, problems, severity, "great_expectations")
+
+
+def _unexpected_detail(config: Any, frame: pd.DataFrame, unit: str, r: Mapping[str, Any], success: bool) -> str:
+    total = r["element_count"]
+    if success:
+        return f"{total:,} {unit}"
+    bad = _unexpected_mask(frame, config)
+    if bad is None:  # an expectation type without a mask here: GX's own sample
+        sample = r.get("partial_unexpected_list", [])[:MAX_LISTED]
+        return f"{r['unexpected_count']:,} of {total:,} {unit}, e.g. values {_values(sample)}"
+    column = config.kwargs["column"]
+    rows = frame.loc[bad, ["client_id", column]]
+    owners = _listing(list(dict.fromkeys(rows["client_id"].astype(str))))
+    values = _values(rows[column].head(MAX_LISTED).tolist())  # a sample: the count is given already
+    if unit == "clients":
+        return f"{int(bad.sum()):,} of {total:,} clients {owners}, with {column} {values}"
+    return f"{int(bad.sum()):,} of {total:,} {unit}, clients {owners}, e.g. values {values}"
+
+
+def _unexpected_mask(frame: pd.DataFrame, config: Any) -> pd.Series | None:
+    """Rows the expectation flags, from its own kwargs (types used in these suites)."""
+    kw = config.kwargs
+    condition = _row_condition(kw)
+    scope = frame.eval(condition).astype(bool) if condition else pd.Series(True, index=frame.index)
+    values = frame[kw["column"]]
+    if config.type == "expect_column_values_to_not_be_null":
+        return scope & values.isna()
+    present = scope & values.notna()
+    if config.type == "expect_column_values_to_be_in_set":
+        return present & ~values.isin(kw["value_set"])
+    if config.type in ("expect_column_values_to_be_between", "expect_column_value_lengths_to_be_between"):
+        measure = values.str.len() if config.type == "expect_column_value_lengths_to_be_between" else values
+        low, high = kw.get("min_value"), kw.get("max_value")
+        outside = pd.Series(False, index=frame.index)
+        if low is not None:
+            outside |= measure < low
+        if high is not None:
+            outside |= measure > high
+        return present & outside
+    return None
+
+
+def _oov_detail(config: Any, frame: pd.DataFrame, text_stats: Mapping[str, Any], success: bool) -> str:
+    column = config.meta["column"]
+    oov = frame[f"{column}_oov"]
+    chars = int(frame[column].str.len().sum())
+    rate = int(oov.sum()) / chars if chars else 0.0
+    head = f"{rate:.2%} of {chars:,} characters out of vocabulary (threshold {MAX_OOV_RATE:.0%})"
+    if success:
+        return head
+    owners = list(frame.loc[oov > 0].groupby("client_id", observed=True).size().sort_values(ascending=False).index)
+    top = [ch for ch, _ in text_stats["unknown"].most_common(MAX_LISTED)]
+    return (f"{head}: {int(oov.sum()):,} in {int((oov > 0).sum()):,} of {len(frame):,} examples, clients "
+            f"{_listing([str(o) for o in owners])}, e.g. characters {top}. Fix: map or strip those characters in the "
+            "source, or use a vocabulary that has them")
+
+
+def _row_condition(kwargs: Mapping[str, Any]) -> str:
+    """The pandas condition string (GX 1.24 stores ``row_condition`` as ``{"pass_through_filter": ...}``)."""
+    condition = kwargs.get("row_condition")
+    if isinstance(condition, Mapping):
+        condition = condition.get("pass_through_filter")
+    return str(condition) if condition else ""
+
+
+def _exception_message(info: Any) -> str:
+    if not isinstance(info, Mapping):
+        return ""
+    if info.get("raised_exception"):
+        return str(info.get("exception_message", "error"))
+    nested = [v for v in info.values() if isinstance(v, Mapping) and v.get("raised_exception")]
+    return str(nested[0].get("exception_message", "error")) if nested else ""
+
+
+def _describe_args(kwargs: Mapping[str, Any]) -> str:
+    parts = [kwargs["column"]] if "column" in kwargs else []
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    bounds = f"{_num(low)}..{_num(high)}" if low is not None and high is not None else \
+        f"≥ {_num(low)}" if low is not None else f"≤ {_num(high)}" if high is not None else ""
+    if bounds:
+        parts.append(bounds)
+    if "value_set" in kwargs:
+        values = list(kwargs["value_set"])
+        consecutive = len(values) >= 3 and values == list(range(values[0], values[0] + len(values)))
+        parts.append(f"{values[0]}..{values[-1]}" if consecutive else _values(values))
+    if "column_set" in kwargs:
+        parts.append(_values(kwargs["column_set"]))
+    for key in ("type_", "type_list"):
+        if key in kwargs:
+            parts.append(str(kwargs[key]))
+    if condition := _row_condition(kwargs):
+        parts.append(condition.replace('split=="train"', "train split"))
+    return ", ".join(parts)
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _values(values: Sequence[Any], *, total: int | None = None) -> str:
+    """At most MAX_LISTED of ``values`` (of ``total``, when the list is itself a sample), "and N more"."""
+    shown = [v.item() if isinstance(v, np.generic) else v for v in list(values)[:MAX_LISTED]]
+    shown = [v[:37] + "..." if isinstance(v, str) and len(v) > 40 else float(f"{v:.4g}") if isinstance(v, float) else v
+             for v in shown]
+    more = (len(values) if total is None else total) - len(shown)
+    return f"{shown}" + (f" and {more:,} more" if more > 0 else "")
+
+
+def _listing(items: Sequence[str]) -> str:
+    return _values(list(items))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _clip(line: str, width: int = 160) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+# -- statistics ------------------------------------------------------------------------------------
+def _kind(manifest: shards.Manifest) -> str:
+    try:
+        return manifest.kind
+    except (shards.Error, KeyError, TypeError, ValueError):
+        return "?"
+
+
+def _split_sizes(manifest: shards.Manifest) -> dict[str, dict[str, int]]:
+    return {split: {"clients": len(info.get("clients", [])),
+                    "examples": int(sum(c.get("num_examples", 0) for c in info.get("clients", [])))}
+            for split, info in manifest.data.get("splits", {}).items()}
+
+
+def _statistics(manifest: shards.Manifest, examples: pd.DataFrame, clients: pd.DataFrame,
+                text_stats: Mapping[str, Any]) -> dict[str, Any]:
+    train = clients.loc[clients["split"] == "train", "num_examples"].to_numpy()
+    stats: dict[str, Any] = {"examples": int(len(examples)), "train_clients": int(len(train))}
+    if len(train):
+        stats["examples_per_client"] = {"min": int(train.min()), "median": float(np.median(train)),
+                                        "max": int(train.max())}
+    schema = manifest.schema
+    if schema.label is not None and schema.kind in ("image", "vector"):
+        labels = examples.loc[examples["split"] == "train", schema.label]
+        stats["train_label_counts"] = {str(k): int(v) for k, v in labels.value_counts().sort_index().items()}
+    if any(c.dtype == "string" for c in schema.columns):
+        unknown = text_stats["unknown"]
+        chars = text_stats["characters"]
+        stats.update(characters=int(chars), oov_rate=(sum(unknown.values()) / chars) if chars else 0.0,
+                     top_unknown_characters=[[ch, int(n)] for ch, n in unknown.most_common(10)])
+    return stats
