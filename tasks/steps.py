@@ -38,6 +38,8 @@ def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str, training: bo
     never picks up another run's checkpoints by accident. ``training=False`` (the data DAG) skips
     the checks that only training needs.
     """
+    if not training:  # no rounds to sample: the default clients_per_round must not bind small data sets
+        params = {"clients_per_round": 1, **params}
     cfg = ExperimentConfig.from_mapping(params)
     if training:
         cfg.check_trainable()

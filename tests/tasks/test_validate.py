@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import atomic, shards, stage, validate
+from tasks import atomic, expectations, shards, stage, validate
 from tasks.config import ExperimentConfig
 from tasks.shards import Client, Column, Schema
 
@@ -112,7 +112,7 @@ def test_the_summary_fits_one_screen_and_lists_every_check_and_the_verdict(tmp_p
     summary = report.summary()
 
     lines = summary.splitlines()
-    assert len(lines) <= validate.SUMMARY_LINES
+    assert len(lines) <= expectations.SUMMARY_LINES
     assert lines[0] == "Validation of x (image), fingerprint f"
     assert "train: 2 clients, 8 examples; test: 1 client, 3 examples" in summary
     assert "examples per train client: min 4, median 4, max 4" in summary
@@ -140,7 +140,7 @@ def test_the_summary_folds_passing_expectations_when_the_checks_do_not_fit(tmp_p
     report = validate.validate_staged(manifest, CFG, source_identity=SOURCE)
     lines = report.summary().splitlines()
 
-    assert len(report.checks) + 5 > validate.SUMMARY_LINES == len(lines)  # 3 header lines, Data Docs, verdict
+    assert len(report.checks) + 5 > expectations.SUMMARY_LINES == len(lines)  # 3 header lines, Data Docs, verdict
     assert any(line.startswith("  ✗ model compatibility: model 'cnn' cannot train") for line in lines)
     assert "  ✓ source unchanged: 1 source file(s) match the staged checksums" in lines
     assert any(line.endswith("more expectation(s) passed (see Data Docs)") for line in lines)
@@ -274,7 +274,7 @@ def test_text_with_a_few_unknown_characters_passes_and_reports_the_rate(tmp_path
 
     assert report.success, report.problems()
     assert report.statistics["top_unknown_characters"] == [["é", 2]]
-    assert 0 < report.statistics["oov_rate"] < validate.MAX_OOV_RATE
+    assert 0 < report.statistics["oov_rate"] < expectations.MAX_OOV_RATE
     assert "text: 662 characters, out of vocabulary 0.302% (top: 'é' ×2)" in report.summary()
 
 
