@@ -19,8 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from _fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
 from airflow.sdk import dag, task
+
+from dags._fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
 
 
 @dag(

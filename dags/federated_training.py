@@ -23,10 +23,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from _fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
 from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from dags._fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
 from tasks.config import MAX_CHUNKS
 
 CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task

@@ -87,3 +87,22 @@ def test_bad_trigger_params_are_rejected_naming_the_param(dagbag, name, value):
     params = copy.deepcopy(dagbag.dags["federated_training"].params)
     with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}"):
         params[name] = value
+
+
+def test_the_data_dag_stages_and_validates_without_training_and_shows_only_data_params(dagbag):
+    from tasks.config import ExperimentConfig
+
+    dag = dagbag.dags["federated_data"]
+    assert [t.task_id for t in dag.topological_sort()] == ["resolve_config", "stage", "validate", "finish"]
+    params = dag.params
+    data_fields = {n for n, s in ExperimentConfig.__dataclass_fields__.items() if s.metadata["section"] == "Data"}
+    assert set(params.keys()) == data_fields | {"experiment_name"}
+    assert params["experiment_name"] == "fedflow-data"
+
+
+@pytest.mark.parametrize("dag_id", ["federated_training", "federated_data"])
+def test_the_stage_task_announces_staged_data_through_the_asset_alias(dagbag, dag_id):
+    from airflow.sdk import AssetAlias
+
+    outlets = dagbag.dags[dag_id].get_task("stage").outlets
+    assert outlets == [AssetAlias("fedflow-staged-data")]
