@@ -8,9 +8,11 @@ a time, groups it by client (rows keep their file order) and yields the clients 
 
 from __future__ import annotations
 
+import collections
 import math
 import shutil
 import tempfile
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,6 +50,7 @@ class TableSource(Source):
         self.num_classes = num_classes
         self._schema: Schema | None = None
         self._features: list[str] | None = None
+        self._buckets: dict[str, tuple[Path, list[int], dict[str, int]]] = {}
 
     def identity(self) -> dict[str, Any]:
         return {"reader": f"table/{READER_VERSION}", "files": {s: file_identity(p) for s, p in self.paths.items()},
@@ -128,16 +131,20 @@ class TableSource(Source):
         return Schema(kind, (Column("x", "float32", shape), Column("label", "int64")), x="x", label="label",
                       num_classes=self.num_classes)
 
-    def _groups(self, split: str) -> Iterator[tuple[str, pa.Table]]:
-        """(client id, its rows) for every client, bucket by bucket; ids sorted within a bucket."""
+    def _bucketize(self, split: str) -> tuple[Path, list[int], dict[str, int]]:
+        """Pass 1, once per split: the rows into hash-bucket files, and every client's row count."""
+        if split in self._buckets:
+            return self._buckets[split]
         self.schema()
         path = self.paths[split]
         columns = [self.client_column, *self._features, self.label_column]
         buckets = max(1, math.ceil(path.stat().st_size / BUCKET_BYTES))
         scratch = Path(tempfile.mkdtemp(prefix="table-buckets-", dir=self.scratch_dir))
+        weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
+        writers: dict[int, pq.ParquetWriter] = {}
+        sizes: collections.Counter[str] = collections.Counter()
+        row = 0
         try:
-            writers: dict[int, pq.ParquetWriter] = {}
-            row = 0
             for batch in self._batches(path, columns):
                 table = pa.Table.from_batches([batch]).select(columns)
                 ids = table.column(self.client_column)
@@ -145,6 +152,9 @@ class TableSource(Source):
                     first = row + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
                     raise SourceError(f"table source {path}: row {first + 1} has no {self.client_column!r}. "
                                       "Fix: every row needs a client id.")
+                counts = pc.value_counts(ids.combine_chunks())
+                sizes.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                                      strict=True)))
                 table = table.append_column("__row", pa.array(np.arange(row, row + len(table), dtype=np.int64)))
                 row += len(table)
                 bucket = _bucket_of(ids, buckets)
@@ -153,21 +163,27 @@ class TableSource(Source):
                     if b not in writers:
                         writers[b] = pq.ParquetWriter(scratch / f"{b}.parquet", part.schema)
                     writers[b].write_table(part)
+        finally:
             for writer in writers.values():
                 writer.close()
-            for b in sorted(writers):
-                table = pq.read_table(scratch / f"{b}.parquet")
-                table = table.sort_by([(self.client_column, "ascending"), ("__row", "ascending")])
-                ids = table.column(self.client_column).to_numpy(zero_copy_only=False)
-                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-                ends = np.r_[starts[1:], len(ids)]
-                for start, end in zip(starts, ends, strict=True):
-                    yield str(ids[start]), table.slice(start, end - start)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        self._buckets[split] = (scratch, sorted(writers), dict(sorted(sizes.items())))
+        return self._buckets[split]
+
+    def _groups(self, split: str) -> Iterator[tuple[str, pa.Table]]:
+        """Pass 2: (client id, its rows) for every client, bucket by bucket; ids sorted within a bucket,
+        rows in file order."""
+        scratch, buckets, _ = self._bucketize(split)
+        for b in buckets:
+            table = pq.read_table(scratch / f"{b}.parquet")
+            table = table.sort_by([(self.client_column, "ascending"), ("__row", "ascending")])
+            ids = table.column(self.client_column).to_numpy(zero_copy_only=False)
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            ends = np.r_[starts[1:], len(ids)]
+            for start, end in zip(starts, ends, strict=True):
+                yield str(ids[start]), table.slice(start, end - start)
 
     def client_sizes(self, split: str) -> dict[str, int]:
-        return {cid: rows.num_rows for cid, rows in self._groups(split)}
+        return dict(self._bucketize(split)[2])
 
     def clients(self, split: str) -> Iterator[Client]:
         return self._read(split, None)
