@@ -25,8 +25,12 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_json(path: Path, value: Any) -> None:
-    write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: Path, value: Any, *, compact: bool = False) -> None:
+    """Pretty by default; ``compact`` for large documents (Python's indenting encoder is slow and
+    holds every fragment in memory)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":")) if compact else json.dumps(
+        value, indent=2, sort_keys=True)
+    write_bytes(path, (text + "\n").encode())
 
 
 def read_json(path: Path) -> Any:

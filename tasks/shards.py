@@ -19,9 +19,11 @@ numpy and pyarrow only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -91,7 +93,7 @@ class Column:
     @property
     def nbytes(self) -> int:
         """Bytes per example (numeric columns)."""
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     def arrow_type(self) -> pa.DataType:
         if self.encoding == "string":
@@ -294,8 +296,10 @@ class DatasetWriter:
         self._shard_count: dict[str, int] = {}
         self._entries: dict[str, list[dict[str, Any]]] = {}
         self._ids: dict[str, set[str]] = {}
-        self._closed: list[str] = []
+        self._closed: dict[str, concurrent.futures.Future] = {}
         self._max_label = -1
+        # Closed shards are checksummed in the background while the next one is written.
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
 
     def add(self, split: str, client: Client) -> None:
         client_id = check_client_id(client.client_id)
@@ -313,12 +317,12 @@ class DatasetWriter:
                                  "num_examples": table.num_rows}
         if self.schema.label is not None:
             labels = np.asarray(client.columns[self.schema.label])
-            if labels.size and labels.min() < 0:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0:
                 raise SchemaError(f"client {client_id!r}: labels must be >= 0. Got {labels[labels < 0][:5].tolist()}. "
                                   "Fix: map the source's classes to 0..num_classes-1.")
-            entry["label_counts"] = _label_counts(labels)
-            if labels.size:
-                self._max_label = max(self._max_label, int(labels.max()))
+            entry["label_counts"] = _label_counts(labels, high)
+            self._max_label = max(self._max_label, high)
         self._entries.setdefault(split, []).append(entry)
         ids.add(client_id)
         state.clients += 1
@@ -334,8 +338,7 @@ class DatasetWriter:
             raise SchemaError(f"client {client.client_id!r}: columns {sorted(client.columns)} do not match the "
                               f"schema's {names} (missing {missing}, unexpected {extra}).")
         n = check_lengths(client)
-        arrays = [pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([client.client_id]))
-                  .cast(pa.string())]
+        arrays = [pa.repeat(pa.scalar(client.client_id, pa.string()), n)]  # dictionary-encoded on write
         arrays += [c.to_arrow(client.columns[c.name], client.client_id) for c in self.schema.columns]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
@@ -352,11 +355,12 @@ class DatasetWriter:
     def _close(self, split: str) -> None:
         state = self._open.pop(split)
         state.writer.close()
-        self._closed.append(state.name)
+        self._closed[state.name] = self._hasher.submit(_file_facts, self.out_dir / state.name)
 
     def abort(self) -> None:
         for split in list(self._open):
-            self._close(split)
+            self._open.pop(split).writer.close()
+        self._hasher.shutdown(wait=True, cancel_futures=True)
 
     def finish(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
         """Closes every shard, records byte ranges and checksums, writes ``manifest.json``."""
@@ -364,10 +368,11 @@ class DatasetWriter:
             self._close(split)
         files: dict[str, dict[str, Any]] = {}
         ranges: dict[str, list[tuple[int, int]]] = {}
-        for name in self._closed:
-            path = self.out_dir / name
-            files[name] = {"sha256": atomic.sha256_file(path), "bytes": path.stat().st_size}
-            ranges[name] = row_group_ranges(pq.ParquetFile(path).metadata)
+        try:
+            for name, future in self._closed.items():
+                files[name], ranges[name] = future.result()
+        finally:
+            self._hasher.shutdown(wait=True, cancel_futures=True)
         splits = {}
         for split, entries in self._entries.items():
             for e in entries:
@@ -388,8 +393,14 @@ class DatasetWriter:
             "files": files,
         }
         manifest["content_sha256"] = manifest_digest(manifest)
-        atomic.write_json(self.out_dir / MANIFEST, manifest)
+        atomic.write_json(self.out_dir / MANIFEST, manifest, compact=True)  # large: one line, no indent
         return manifest
+
+
+def _file_facts(path: Path) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    """A closed shard's manifest entry (SHA-256, size) and its row groups' byte ranges."""
+    return ({"sha256": atomic.sha256_file(path), "bytes": path.stat().st_size},
+            row_group_ranges(pq.read_metadata(path)))
 
 
 def manifest_digest(data: Mapping[str, Any]) -> str:
@@ -414,7 +425,10 @@ def row_group_ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]]:
     return ranges
 
 
-def _label_counts(y: np.ndarray) -> dict[str, int]:
+def _label_counts(y: np.ndarray, high: int) -> dict[str, int]:
+    if high < 1 << 16:  # the usual case: a dense count is faster than np.unique's sort
+        counts = np.bincount(y.astype(np.int64, copy=False), minlength=high + 1)
+        return {str(label): int(counts[label]) for label in np.flatnonzero(counts)}
     labels, counts = np.unique(y, return_counts=True)
     return {str(int(label)): int(count) for label, count in zip(labels, counts, strict=True)}
 

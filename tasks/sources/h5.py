@@ -47,6 +47,10 @@ class H5Source(Source):
         except OSError as e:
             raise SourceError(f"h5 source {path}: not a readable HDF5 file ({e}). Fix: point source_path at a "
                               "TFF h5 ClientData file (examples/<client_id>/<feature>).") from e
+        # Listing thousands of client groups grows HDF5's metadata cache by tens of MB: cap it at 2 MB.
+        cache = f.id.get_mdc_config()
+        cache.set_initial_size, cache.initial_size, cache.min_size, cache.max_size = True, 1 << 20, 1 << 20, 2 << 20
+        f.id.set_mdc_config(cache)
         if "examples" not in f or not isinstance(f["examples"], h5py.Group):
             keys = list(f.keys())
             f.close()

@@ -27,8 +27,8 @@ from tasks.shards import Client, Column, Schema
 from tasks.sources.base import Source, SourceError, file_identity, require_file
 
 READER_VERSION = "1"
-BUCKET_BYTES = 32 << 20  # target input bytes per bucket
-BATCH_ROWS = 65536
+BUCKET_BYTES = 8 << 20  # target in-memory bytes per bucket
+BATCH_BYTES = 8 << 20  # target in-memory bytes per record batch
 
 
 class TableSource(Source):
@@ -81,11 +81,12 @@ class TableSource(Source):
             if path.suffix.lower() == ".csv":
                 import pyarrow.csv as csv
 
-                with csv.open_csv(path, read_options=csv.ReadOptions(block_size=8 << 20),
+                with csv.open_csv(path, read_options=csv.ReadOptions(block_size=BATCH_BYTES),
                                   convert_options=self._csv_options(columns)) as reader:
                     yield from reader
             else:
-                yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+                rows = max(1024, BATCH_BYTES // self._row_bytes())
+                yield from pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"table source {path}: reading failed ({e}). Fix: check that every row has the same "
                               "columns and that numbers parse.") from e
@@ -131,6 +132,15 @@ class TableSource(Source):
         return Schema(kind, (Column("x", "float32", shape), Column("label", "int64")), x="x", label="label",
                       num_classes=self.num_classes)
 
+    def _row_bytes(self) -> int:
+        return 8 * (len(self._features or ()) + 1) + 24  # float64 features, int64 label, a short id
+
+    def _memory_bytes(self, path: Path) -> int:
+        """The table's size in memory (a compressed Parquet file is many times smaller on disk)."""
+        if path.suffix.lower() == ".csv":
+            return path.stat().st_size
+        return pq.ParquetFile(path).metadata.num_rows * self._row_bytes()
+
     def _bucketize(self, split: str) -> tuple[Path, list[int], dict[str, int]]:
         """Pass 1, once per split: the rows into hash-bucket files, and every client's row count."""
         if split in self._buckets:
@@ -138,7 +148,7 @@ class TableSource(Source):
         self.schema()
         path = self.paths[split]
         columns = [self.client_column, *self._features, self.label_column]
-        buckets = max(1, math.ceil(path.stat().st_size / BUCKET_BYTES))
+        buckets = max(1, math.ceil(self._memory_bytes(path) / BUCKET_BYTES))
         scratch = Path(tempfile.mkdtemp(prefix="table-buckets-", dir=self.scratch_dir))
         weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
         writers: dict[int, pq.ParquetWriter] = {}
