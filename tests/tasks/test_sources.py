@@ -131,6 +131,65 @@ def test_shakespeare_like_h5_snippets_stage_as_text(tmp_path):
     assert sorted(lines) == sorted(s.decode() for f in clients.values() for s in f["snippets"])
 
 
+# -- TFF 0.87 SqlClientData (tests/trainer/test_tff_sqlite_parity.py reads a file TFF itself wrote) ------
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _len_field(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def tf_example(pixels: np.ndarray, label: int) -> bytes:
+    """A serialized tf.train.Example, encoded by hand (the wire format TensorFlow writes)."""
+    floats = _len_field(2, _len_field(1, np.asarray(pixels, "<f4").tobytes()))  # Feature.float_list, packed
+    ints = _len_field(3, _len_field(1, _varint(label)))  # Feature.int64_list, packed
+    entries = b"".join(_len_field(1, _len_field(1, k.encode()) + _len_field(2, v))
+                       for k, v in (("pixels", floats), ("label", ints)))
+    return _len_field(1, entries)
+
+
+def write_tff_sqlite(path, splits: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], *, corrupt: str | None = None):
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE examples (split_name TEXT, client_id TEXT, serialized_example_proto BLOB)")
+        db.execute("CREATE TABLE client_metadata (client_id TEXT, split_name TEXT, num_examples INTEGER)")
+        for split, clients in splits.items():
+            for cid, (pixels, labels) in clients.items():
+                for p, y in zip(pixels, labels, strict=True):
+                    blob = tf_example(p, int(y)) if cid != corrupt else b"\x0a\xff\x01garbage"
+                    db.execute("INSERT INTO examples VALUES (?, ?, ?)", (split, cid, blob))
+                db.execute("INSERT INTO client_metadata VALUES (?, ?, ?)", (cid, split, len(labels)))
+    return path
+
+
+def emnist_sql_clients(rng, n=5):
+    return {f"f{i:04d}_{i}": (rng.random((6 + i, 784), dtype=np.float32), rng.integers(0, 10, 6 + i)) for i in range(n)}
+
+
+def test_a_tff_sqlite_file_stages_with_its_own_test_split_and_28x28_images(tmp_path):
+    rng = np.random.default_rng(8)
+    train, test = emnist_sql_clients(rng), emnist_sql_clients(rng)
+    path = write_tff_sqlite(tmp_path / "emnist_all.sqlite", {"digits_only_train": train, "digits_only_test": test})
+
+    m = stage.stage_dataset(ExperimentConfig(dataset="tff_sqlite", source_path=str(path), **BASE)).manifest
+
+    assert m.kind == "image" and m.x_feature.shape == (28, 28) and m.data["settings"]["split"] == "source"
+    assert set(m.client_ids("test")) == set(m.client_ids("train"))  # the same writers' test examples
+    for cid in m.client_ids("train"):
+        assert np.array_equal(m.read_client("train", cid).x.reshape(-1, 784), train[cid][0])
+        assert np.array_equal(m.read_client("test", cid).y, test[cid][1])
+
+
 # -- LEAF JSON ------------------------------------------------------------------------------------
 
 
@@ -279,7 +338,29 @@ def _without(key):
     return mutate
 
 
+def _sqlite(tmp_path, **kwargs):
+    clients = emnist_sql_clients(np.random.default_rng(1))
+    return {"dataset": "tff_sqlite", "split": "within_client",
+            "source_path": str(write_tff_sqlite(tmp_path / "bad.sqlite", {"train": clients}, **kwargs))}
+
+
+def _sqlite_miscounted(tmp_path):
+    settings = _sqlite(tmp_path)
+    import sqlite3
+
+    with sqlite3.connect(settings["source_path"]) as db:
+        db.execute("UPDATE client_metadata SET num_examples = num_examples + 1")
+    return settings
+
+
 BAD_INPUTS = {
+    "TFF SQLite file that is not SQLite": (lambda t: (t / "x.sqlite").write_text("nope" * 100) and
+                                           {"dataset": "tff_sqlite", "source_path": str(t / "x.sqlite")},
+                                           SourceError, "not a TFF SqlClientData file"),
+    "TFF SQLite example that is not a tf.train.Example": (lambda t: _sqlite(t, corrupt="f0000_0"), SourceError,
+                                                          "not a valid tf.train.Example"),
+    "TFF SQLite metadata disagreeing with the examples": (_sqlite_miscounted, SourceError,
+                                                         "client_metadata says"),
     "source path missing": (lambda t: {"dataset": "h5", "source_path": str(t / "nope.h5")}, SourceError,
                             "does not exist"),
     "h5 not an HDF5 file": (lambda t: (t / "x.h5").write_text("not hdf5") and
