@@ -226,7 +226,7 @@ def _check_files(manifest: shards.Manifest) -> Check:
             problems.append(f"shard {name} has {size:,} bytes, the manifest says {meta['bytes']:,} (truncated or "
                             f"modified). {RESTAGE_FIX}")
         elif atomic.sha256_file(path) != meta["sha256"]:
-            problems.append(f"shard {name} does not match its manifest sha256 (modified). {RESTAGE_FIX}")
+            problems.append(f"shard {name} does not match its manifest checksum (SHA-256; modified). {RESTAGE_FIX}")
     if problems:
         return _failed("shard files", problems)
     return _passed("shard files", f"{len(manifest.data.get('files', {}))} files ({_size(total)}), sizes and "

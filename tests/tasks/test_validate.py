@@ -329,7 +329,7 @@ def test_a_modified_shard_fails_its_checksum_and_the_examples_are_not_read(tmp_p
 
     report = validate.validate_staged(manifest, CFG, docs_dir=tmp_path / "docs")
 
-    assert report.problems() == ["shard train-00000.parquet does not match its manifest sha256 (modified). Fix: "
+    assert report.problems() == ["shard train-00000.parquet does not match its manifest checksum (SHA-256; modified). Fix: "
                                  "delete the staged directory and re-run the DAG (staging writes a fresh copy)."]
     assert not expectations_ran(report) and report.docs_index is None
 
