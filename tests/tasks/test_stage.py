@@ -328,3 +328,27 @@ def test_digits_splits_by_client_or_within_clients(monkeypatch, tmp_path, split,
     total = m.data["splits"]["train"]["num_examples"] + m.data["splits"]["test"]["num_examples"]
     assert total == 1797  # every example is in exactly one client and split
     assert m.data["settings"]["split"] == split
+
+
+def test_two_processes_staging_the_same_data_at_once_end_with_one_complete_copy(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from tasks import stage\nfrom tasks.config import ExperimentConfig\n"
+        "s = stage.stage_dataset(ExperimentConfig(num_clients=5, clients_per_round=3, partition='iid'))\n"
+        "print(s.path)\n"
+    )
+    env = {**os.environ, "FEDFLOW_DATA_DIR": str(tmp_path), "PYTHONPATH": str(paths.PROJECT_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outputs)) == 1
+    [staged] = (tmp_path / "staged" / "digits").iterdir()  # no temp directories left behind
+    m = shards.Manifest.read(staged)
+    assert m.data["content_sha256"] == shards.manifest_digest(m.data)
+    assert sum(m.client_entry("train", c)["num_examples"] for c in m.client_ids("train")) == len(
+        m.read_split("train").y)
