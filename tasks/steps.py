@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, launch, paths, privacy, shards, tracking
+from tasks import atomic, launch, paths, plots, privacy, shards, tracking
 from tasks import stage as staging
 from tasks import validate as validation
 from tasks.checkpoints import CheckpointStore
@@ -165,6 +165,8 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
     tracking.sync_metrics(run)
     for path, artifact_path in ((run.metrics, None), (run.final, None), (run.export_log, "logs")):
         tracking.log_artifact(run, path, artifact_path)
+    for png in plots.render(run.metrics, run.root / "plots", title=f"{cfg.algorithm}, {cfg.aggregator}"):
+        tracking.log_artifact(run, png, "plots")
     model = tracking.log_and_register_model(run, cfg, final)
     tracking.finish_run(run)
     summary = {

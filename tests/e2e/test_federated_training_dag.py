@@ -153,3 +153,5 @@ def test_an_engine_configured_from_trigger_params_logs_epsilon_bits_and_heldout_
     assert run.data.metrics["compression_ratio"] > 2
     assert [m.step for m in c.get_metric_history(run.info.run_id, "heldout_accuracy")] == [2, 4]
     assert run.data.params["algorithm"] == "fedadam"
+    plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss.png", "plots/accuracy.png", "plots/epsilon.png", "plots/compression.png"}
