@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, AssetAlias, Param, get_current_context, task
+from airflow.sdk import Asset, AssetAlias, BaseOperatorLink, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.config import param_schemas
@@ -16,6 +16,26 @@ from tasks.config import param_schemas
 # Every newly staged data set is announced as an event of the asset of its source (``fedflow://
 # staged/<dataset>[/<file>]``) through this alias; schedule a DAG on such an asset to run on new data.
 STAGED_DATA = AssetAlias("fedflow-staged-data")
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """The "MLflow run" button of a fedflow task: the run's page in the MLflow UI. Airflow 3 computes it
+    on the worker when the task ends and keeps it in XCom; the class is registered by
+    ``plugins/fedflow_links.py`` so the UI can show it."""
+
+    name = "MLflow run"
+
+    def get_link(self, operator, *, ti_key) -> str:  # noqa: ARG002 - the interface's signature
+        from tasks import tracking
+        from tasks.paths import RunPaths
+
+        return tracking.ui_url(RunPaths.for_run(ti_key.run_id)) or ""
+
+
+def with_mlflow_link(task_output):
+    """Adds the "MLflow run" extra link to the task behind a TaskFlow call's output; returns the output."""
+    task_output.operator.operator_extra_links = [MlflowRunLink()]
+    return task_output
 
 
 def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str, Param]:

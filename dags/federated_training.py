@@ -26,7 +26,14 @@ import pendulum
 from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from dags._fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
+from dags._fedflow_common import (
+    experiment_params,
+    mark_mlflow_run_failed,
+    resolve_task,
+    stage,
+    validate_task,
+    with_mlflow_link,
+)
 from tasks.config import MAX_CHUNKS
 
 CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task
@@ -67,10 +74,10 @@ def federated_training():
     checked = validate_task(training=True)(handle, stage(handle))
     previous = checked
     for i in range(MAX_CHUNKS):
-        chunk = train_chunk.override(task_id=f"train_chunk_{i:02d}")(handle, i)
+        chunk = with_mlflow_link(train_chunk.override(task_id=f"train_chunk_{i:02d}")(handle, i))
         previous >> chunk
         previous = chunk
-    previous >> evaluate_and_register(handle)
+    previous >> with_mlflow_link(evaluate_and_register(handle))
 
 
 federated_training()

@@ -39,6 +39,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
 
 
+def mlflow_ui_url() -> str:
+    """Where people open the MLflow UI (``make mlflow-ui`` serves it here by default)."""
+    return os.environ.get("FEDFLOW_MLFLOW_UI", "http://127.0.0.1:5000")
+
+
 def artifact_root() -> str:
     return (mlruns_dir() / "artifacts").as_uri()
 

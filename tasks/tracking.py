@@ -63,9 +63,20 @@ def start_run(cfg: ExperimentConfig, run: RunPaths, *, tags: Mapping[str, str]) 
     created = c.create_run(experiment_id(c, cfg.experiment_name), tags=all_tags)
     rid = created.info.run_id
     c.log_batch(rid, params=[Param(k, str(v)) for k, v in sorted(cfg.to_dict().items())])
-    atomic.write_json(run.mlflow_run, {"run_id": rid, "tracking_uri": paths.tracking_uri()})
+    atomic.write_json(run.mlflow_run, {"run_id": rid, "experiment_id": created.info.experiment_id,
+                                       "tracking_uri": paths.tracking_uri()})
     log.info("MLflow run %s in experiment %r (%s)", rid, cfg.experiment_name, paths.tracking_uri())
     return rid
+
+
+def ui_url(run: RunPaths) -> str | None:
+    """The run's page in the MLflow UI (``FEDFLOW_MLFLOW_UI``, default http://127.0.0.1:5000), or None
+    before the run exists. Read from the run directory only: cheap enough for every task's extra link."""
+    if not run.mlflow_run.exists():
+        return None
+    info = atomic.read_json(run.mlflow_run)
+    base = paths.mlflow_ui_url().rstrip("/")
+    return f"{base}/#/experiments/{info.get('experiment_id', '0')}/runs/{info['run_id']}"
 
 
 def set_tags(run: RunPaths, tags: Mapping[str, str]) -> None:
