@@ -45,9 +45,10 @@ def test_starting_the_run_twice_returns_the_same_run_and_creates_only_one(run, m
     second = tracking.start_run(cfg, run, tags={"airflow.run_id": "manual__1"})
 
     assert second == first
-    assert atomic.read_json(run.mlflow_run) == {"run_id": first, "tracking_uri": f"sqlite:///{mlruns / 'mlflow.db'}"}
     c = tracking.client()
     experiment = c.get_experiment_by_name(cfg.experiment_name)
+    assert atomic.read_json(run.mlflow_run) == {"run_id": first, "experiment_id": experiment.experiment_id,
+                                                "tracking_uri": f"sqlite:///{mlruns / 'mlflow.db'}"}
     assert [r.info.run_id for r in c.search_runs([experiment.experiment_id])] == [first]
     assert (mlruns / "mlflow.db").is_file()
 
@@ -118,3 +119,12 @@ def test_rounds_that_failed_to_sync_while_the_server_was_down_are_logged_by_the_
 
     assert tracking.sync_metrics(run) == 2
     assert steps(rid, tracking.ROUND_MARKER) == [1, 2]
+
+
+def test_the_ui_url_points_at_the_runs_page_once_the_run_exists(run, mlruns, monkeypatch):
+    assert tracking.ui_url(run) is None
+    rid = tracking.start_run(ExperimentConfig.read_json(run.config), run, tags={})
+    monkeypatch.setenv("FEDFLOW_MLFLOW_UI", "https://mlflow.example.org/")
+
+    experiment_id = tracking.client().get_run(rid).info.experiment_id
+    assert tracking.ui_url(run) == f"https://mlflow.example.org/#/experiments/{experiment_id}/runs/{rid}"
