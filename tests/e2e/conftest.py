@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tasks import steps
+from tests.conftest import ROOT
 
 # Small enough for 2 cores, large enough to exercise chunks, evaluation and checkpoints.
 SMALL = {
@@ -40,3 +43,19 @@ def prepared_run(run_id: str, **overrides) -> dict:
     handle = steps.resolve({**SMALL, **overrides}, dag_id="tests", run_id=run_id)
     steps.stage(handle)
     return handle
+
+
+def isolated_airflow_env(base: Path) -> dict[str, str]:
+    """Environment for `scripts/airflow` with its own AIRFLOW_HOME, data and MLflow store under ``base``."""
+    env = {**os.environ, "AIRFLOW_HOME": str(base / "airflow"), "FEDFLOW_DATA_DIR": str(base / "data"),
+           "FEDFLOW_MLRUNS_DIR": str(base / "mlruns")}
+    for name in ("MLFLOW_TRACKING_URI", "FEDFLOW_FAULT"):
+        env.pop(name, None)
+    return env
+
+
+def run_airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess:
+    """`scripts/airflow <args>`, output to ``log``: a file, never a pipe (see DESIGN.md on worker_binary)."""
+    with open(log, "w") as out:
+        return subprocess.run([str(ROOT / "scripts" / "airflow"), *args], env=env, stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1200)

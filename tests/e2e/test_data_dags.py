@@ -5,7 +5,6 @@ stopping the run with the client named."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,24 +13,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tests.e2e.conftest import isolated_airflow_env, run_airflow
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("airflow-data")
-    env = {**os.environ, "AIRFLOW_HOME": str(base / "airflow"), "FEDFLOW_DATA_DIR": str(base / "data"),
-           "FEDFLOW_MLRUNS_DIR": str(base / "mlruns")}
-    for name in ("MLFLOW_TRACKING_URI", "FEDFLOW_FAULT"):
-        env.pop(name, None)
-    return env
+    return isolated_airflow_env(tmp_path_factory.mktemp("airflow-data"))
 
 
-def airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess:
-    with open(log, "w") as out:  # a file, never a pipe: see DESIGN.md on worker_binary
-        return subprocess.run([str(ROOT / "scripts" / "airflow"), *args], env=env, stdout=out,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1200)
+airflow = run_airflow
 
 
 def emnist_h5(path: Path, *, clients: int = 12, poison: str | None = None) -> Path:

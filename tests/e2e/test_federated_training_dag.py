@@ -13,6 +13,7 @@ import pytest
 from tasks import shards
 from tasks.paths import safe_name
 from tests.conftest import ROOT
+from tests.e2e.conftest import isolated_airflow_env, run_airflow
 
 pytestmark = pytest.mark.slow
 CONF = {
@@ -23,18 +24,10 @@ CONF = {
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("airflow-e2e")
-    env = {**os.environ, "AIRFLOW_HOME": str(base / "airflow"), "FEDFLOW_DATA_DIR": str(base / "data"),
-           "FEDFLOW_MLRUNS_DIR": str(base / "mlruns")}
-    for name in ("MLFLOW_TRACKING_URI", "FEDFLOW_FAULT"):
-        env.pop(name, None)
-    return env
+    return isolated_airflow_env(tmp_path_factory.mktemp("airflow-e2e"))
 
 
-def airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess:
-    with open(log, "w") as out:  # a file, never a pipe: see DESIGN.md on worker_binary
-        return subprocess.run([str(ROOT / "scripts" / "airflow"), *args], env=env, stdout=out,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1200)
+airflow = run_airflow
 
 
 @pytest.fixture(scope="module")
