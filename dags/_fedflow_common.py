@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pendulum
 from airflow.sdk import Asset, AssetAlias, BaseOperatorLink, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -36,6 +37,22 @@ def with_mlflow_link(task_output):
     """Adds the "MLflow run" extra link to the task behind a TaskFlow call's output; returns the output."""
     task_output.operator.operator_extra_links = [MlflowRunLink()]
     return task_output
+
+
+def mark_mlflow_run_failed(context) -> None:
+    """A task failed with no retries left: the run's MLflow run must not stay RUNNING."""
+    from tasks import steps
+
+    steps.mark_failed(context["run_id"])
+
+
+# What every fedflow DAG shares: never back-filled, a few runs at once, failures close the MLflow run.
+DAG_SETTINGS = {
+    "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+    "catchup": False,
+    "max_active_runs": 4,
+    "default_args": {"retries": 1, "retry_delay": timedelta(seconds=15), "on_failure_callback": mark_mlflow_run_failed},
+}
 
 
 def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str, Param]:
@@ -92,9 +109,3 @@ def validate_task(*, training: bool):
 
     return validate
 
-
-def mark_mlflow_run_failed(context) -> None:
-    """A task failed with no retries left: the run's MLflow run must not stay RUNNING."""
-    from tasks import steps
-
-    steps.mark_failed(context["run_id"])

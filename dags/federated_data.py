@@ -18,22 +18,18 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
 from airflow.sdk import dag, task
 
-from dags._fedflow_common import experiment_params, mark_mlflow_run_failed, resolve_task, stage, validate_task
+from dags._fedflow_common import DAG_SETTINGS, experiment_params, resolve_task, stage, validate_task
 
 
 @dag(
     dag_id=Path(__file__).stem,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=4,
     tags=["fedflow", "data"],
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=15), "on_failure_callback": mark_mlflow_run_failed},
-    params=experiment_params({"Data"}, experiment_name="fedflow-data", num_clients=20),
+    params=experiment_params({"Data"}, experiment_name="fedflow-data"),
     doc_md=__doc__,
+    **DAG_SETTINGS,
 )
 def federated_data():
     @task(execution_timeout=timedelta(minutes=5))

@@ -22,13 +22,12 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
 from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from dags._fedflow_common import (
+    DAG_SETTINGS,
     experiment_params,
-    mark_mlflow_run_failed,
     resolve_task,
     stage,
     validate_task,
@@ -42,17 +41,10 @@ CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enf
 @dag(
     dag_id=Path(__file__).stem,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=4,
     tags=["fedflow", "training"],
-    default_args={
-        "retries": 1,
-        "retry_delay": timedelta(seconds=15),
-        "on_failure_callback": mark_mlflow_run_failed,
-    },
     params=experiment_params(),
     doc_md=__doc__,
+    **DAG_SETTINGS,
 )
 def federated_training():
     @task(pool="gpu", queue="gpu", retries=2, retry_delay=timedelta(seconds=30), execution_timeout=CHUNK_TIMEOUT)

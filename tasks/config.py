@@ -22,8 +22,6 @@ from typing import Any
 MAX_CHUNKS = 10
 
 DATASETS = ("digits", "h5", "tff_sqlite", "leaf", "table", "shakespeare", "movielens")
-# Data sets with their own clients (everything but digits); their examples are not repartitioned.
-FEDERATED_DATASETS = ("h5", "tff_sqlite", "leaf", "table", "shakespeare", "movielens")
 PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 # Kinds of the named data sets known before staging (path sources are known once read).
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}

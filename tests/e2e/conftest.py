@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -59,3 +60,18 @@ def run_airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.Comple
     with open(log, "w") as out:
         return subprocess.run([str(ROOT / "scripts" / "airflow"), *args], env=env, stdout=out,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1200)
+
+
+def airflow_db_rows(env: dict[str, str], imports: str, query: str) -> list[list]:
+    """Rows of a SQLAlchemy ``query`` on the Airflow metadata DB of ``env`` (run in a child process, so
+    this process's Airflow settings stay untouched). ``imports`` brings the models the query names."""
+    probe = (
+        f"import json\nfrom sqlalchemy import select\n{imports}\n"
+        "from airflow.utils.session import create_session\n"
+        "with create_session() as s:\n"
+        f"    print(json.dumps([list(r) for r in s.execute({query}).all()]))\n"
+    )
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", probe], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

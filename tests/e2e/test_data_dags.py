@@ -5,15 +5,13 @@ stopping the run with the client named."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
-from tests.e2e.conftest import isolated_airflow_env, run_airflow
+from tests.e2e.conftest import airflow_db_rows, isolated_airflow_env, run_airflow
 
 pytestmark = pytest.mark.slow
 
@@ -58,20 +56,9 @@ def mlflow_run(env: dict[str, str], run_dir: Path):
 
 
 def asset_events(env: dict[str, str]) -> list[dict]:
-    probe = (
-        "import json\n"
-        "from sqlalchemy import select\n"
-        "from airflow.models.asset import AssetEvent, AssetModel\n"
-        "from airflow.utils.session import create_session\n"
-        "with create_session() as s:\n"
-        "    rows = s.execute(select(AssetModel.uri, AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == "
-        "AssetModel.id)).all()\n"
-        "print(json.dumps([{'uri': u, 'extra': e} for u, e in rows]))\n"
-    )
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", probe], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    rows = airflow_db_rows(env, "from airflow.models.asset import AssetEvent, AssetModel",
+                           "select(AssetModel.uri, AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)")
+    return [{"uri": uri, "extra": extra} for uri, extra in rows]
 
 
 def test_an_h5_file_is_staged_validated_announced_and_reported_in_mlflow(env, tmp_path):

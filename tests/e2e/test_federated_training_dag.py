@@ -13,7 +13,7 @@ import pytest
 from tasks import shards
 from tasks.paths import safe_name
 from tests.conftest import ROOT
-from tests.e2e.conftest import isolated_airflow_env, run_airflow
+from tests.e2e.conftest import airflow_db_rows, isolated_airflow_env, run_airflow
 
 pytestmark = pytest.mark.slow
 CONF = {
@@ -152,20 +152,9 @@ def test_an_engine_configured_from_trigger_params_logs_epsilon_bits_and_heldout_
 
 
 def test_training_tasks_carry_an_mlflow_run_link_to_the_runs_page(dag_run, airflow_env):
-    probe = (
-        "import json\n"
-        "from sqlalchemy import select\n"
-        "from airflow.models.xcom import XComModel\n"
-        "from airflow.utils.session import create_session\n"
-        "with create_session() as s:\n"
-        "    rows = s.execute(select(XComModel.run_id, XComModel.task_id, XComModel.value)"
-        ".where(XComModel.key == '_link_MlflowRunLink')).all()\n"
-        "print(json.dumps([[r, t, v] for r, t, v in rows]))\n"
-    )
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", probe], env=airflow_env, capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = airflow_db_rows(airflow_env, "from airflow.models.xcom import XComModel",
+                           "select(XComModel.run_id, XComModel.task_id, XComModel.value)"
+                           ".where(XComModel.key == '_link_MlflowRunLink')")
     links = {task: value.strip('"') for run_id, task, value in rows if Path(dag_run["run_dir"]).name == safe_name(run_id)}
     run = mlflow_client(airflow_env).get_run(dag_run["mlflow_run_id"])
     expected = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
