@@ -9,7 +9,7 @@ DEMO_CONF ?= {}
 DATASET ?= digits
 STAGE_CONF ?= {"dataset": "$(DATASET)"}
 
-.PHONY: help envs demo stage data test bench bench-data lint airflow-ui mlflow-ui lock clean
+.PHONY: help envs browser demo stage data test bench bench-data lint airflow-ui mlflow-ui lock clean
 
 help:
 	@echo "make demo        build both environments, stage, validate, train and register (embedded Airflow + MLflow)"
@@ -62,7 +62,17 @@ stage: .venv/.fedflow-stamp
 data: .venv/.fedflow-stamp
 	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.sources.download
 
-test: envs
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@[ -x "$(CHROMIUM)" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null; \
+	  elif command -v sudo >/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make browser: $(CHROMIUM) is missing. Fix: install Debian's 'chromium' package (apt-get install chromium) or set CHROMIUM=/path/to/chromium." >&2; exit 1; fi; }
+
+test: envs browser
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports
 	PYTHONPATH=$(ROOT) .venv/bin/pytest

@@ -31,12 +31,20 @@ log = logging.getLogger(__name__)
 EXPORT_TIMEOUT_S = 30 * 60
 
 
-def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str, training: bool = True) -> dict[str, str]:
+def resolve(
+    params: Mapping[str, Any],
+    *,
+    dag_id: str,
+    run_id: str,
+    training: bool = True,
+    tags: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Validates ``params``, freezes the config in the run directory and opens the MLflow run.
 
     The run directory is keyed by the Airflow run id: a retry resumes its own run, and a new DAG run
     never picks up another run's checkpoints by accident. ``training=False`` (the data DAG) skips
-    the checks that only training needs.
+    the checks that only training needs. ``tags`` are added to the MLflow run when it is created
+    (a sweep passes ``mlflow.parentRunId``).
     """
     if not training:  # no rounds to sample: the default clients_per_round must not bind small data sets
         params = {"clients_per_round": 1, **params}
@@ -54,7 +62,7 @@ def resolve(params: Mapping[str, Any], *, dag_id: str, run_id: str, training: bo
             )
     else:
         atomic.write_json(run.config, cfg.to_dict())
-    mlflow_run = tracking.start_run(cfg, run, tags={"airflow.dag_id": dag_id, "airflow.run_id": run_id})
+    mlflow_run = tracking.start_run(cfg, run, tags={"airflow.dag_id": dag_id, "airflow.run_id": run_id, **(tags or {})})
     if planned is not None:
         tracking.set_tags(run, {"fedflow.dp_planned_epsilon": f"{planned['epsilon']:.6g}",
                                 "fedflow.dp_delta": f"{planned['delta']:.6g}"})
