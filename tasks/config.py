@@ -404,6 +404,12 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_settings(self) -> dict[str, Any]:
+        """The fields that decide the staged data (the Data section and the seed): another run given
+        these stages exactly the same shards, so it reuses them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("section") == "Data" or f.name == "seed"}
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ExperimentConfig:
         """Builds a config from params; unknown keys are an error (a typo must not pass silently)."""

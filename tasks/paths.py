@@ -123,3 +123,8 @@ class RunPaths:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def tff_env(self) -> Path:
+        """Package versions and devices of the TFF environment that trained the run (lineage)."""
+        return self.root / "tff_env.json"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, launch, paths, plots, privacy, shards, tracking
+from tasks import atomic, launch, metrics_log, paths, plots, privacy, shards, tracking
 from tasks import stage as staging
 from tasks import validate as validation
 from tasks.checkpoints import CheckpointStore
@@ -130,11 +130,22 @@ def validate(handle: Mapping[str, str], *, training: bool = True) -> dict[str, A
     return {"success": True, **report.statistics}
 
 
+def data_settings(handle: Mapping[str, str]) -> dict[str, Any]:
+    """The run's Data-section settings: what a training run needs to reuse exactly this staged data."""
+    cfg, _ = load(handle)
+    return cfg.data_settings()
+
+
 def finish_data_run(handle: Mapping[str, str]) -> dict[str, Any]:
     """Closes the MLflow run of a stage-and-validate-only DAG run."""
     cfg, run = load(handle)
     tracking.finish_run(run)
     return {"mlflow_run_id": tracking.run_id(run), "experiment": cfg.experiment_name}
+
+
+def chunk_needed(handle: Mapping[str, str], chunk_index: int) -> bool:
+    cfg, _ = load(handle)
+    return cfg.chunk_target_round(chunk_index) is not None
 
 
 def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:
@@ -149,7 +160,7 @@ def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:
         return {"status": "not-needed", "chunk": chunk_index, "chunks": cfg.num_chunks}
     reached = CheckpointStore(run.checkpoints, keep=cfg.keep_checkpoints).latest_round()
     if reached is not None and reached >= target:
-        tracking.sync_metrics(run)
+        tracking.sync_metrics_if_reachable(run)
         return {"status": "done", "chunk": chunk_index, "round": reached}
     log.info("Chunk %d: bringing the run from round %s to %d", chunk_index, reached or 0, target)
     launch.run_trainer(
@@ -158,9 +169,13 @@ def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:
         timeout_s=cfg.chunk_timeout_minutes * 60,
         on_poll=lambda: tracking.sync_metrics(run),
     )
-    synced = tracking.sync_metrics(run)
-    tracking.log_artifact(run, run.chunk_log(chunk_index), "logs")
-    return {"status": "trained", "chunk": chunk_index, "round": target, "rounds_synced_at_end": synced}
+    # The training is done and checkpointed: an MLflow outage now must not fail (and re-run) the chunk.
+    synced = tracking.sync_metrics_if_reachable(run)
+    if synced is not None:
+        tracking.log_artifact(run, run.chunk_log(chunk_index), "logs")
+        tracking.set_tags(run, tracking.environment_tags(run))
+    return {"status": "trained", "chunk": chunk_index, "round": target, "rounds_synced_at_end": synced,
+            "mlflow_reachable": synced is not None}
 
 
 def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
@@ -171,11 +186,15 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
         launch.run_trainer(["export", "--run-dir", str(run.root)], log_path=run.export_log, timeout_s=EXPORT_TIMEOUT_S)
         final = atomic.read_json(run.final)
     tracking.sync_metrics(run)
-    for path, artifact_path in ((run.metrics, None), (run.final, None), (run.export_log, "logs")):
-        tracking.log_artifact(run, path, artifact_path)
+    for path in (run.metrics, run.final):
+        tracking.log_artifact(run, path)
+    tracking.log_artifacts(run, run.logs, "logs")  # every chunk's log, also those an MLflow outage held back
     for png in plots.render(run.metrics, run.root / "plots", title=f"{cfg.algorithm}, {cfg.aggregator}"):
         tracking.log_artifact(run, png, "plots")
+    tracking.log_artifact(run, run.tff_env)
     model = tracking.log_and_register_model(run, cfg, final)
+    result = headline(cfg, final, model, run)
+    tracking.set_tags(run, {**tracking.environment_tags(run), "mlflow.note.content": result})
     tracking.finish_run(run)
     summary = {
         "mlflow_run_id": tracking.run_id(run),
@@ -184,12 +203,43 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
         "rounds": cfg.rounds,
         "final_test_accuracy": final["test_accuracy"],
         "final_test_loss": final["test_loss"],
+        "headline": result,
         **{k: model[k] for k in ("registered_model_name", "version", "model_uri")},
         "run_dir": str(run.root),
     }
     atomic.write_json(run.summary, summary)
+    log.info("Result: %s", result)
     log.info("Summary: %s", summary)
     return summary
+
+
+def record_attempt(handle: Mapping[str, str], task_id: str, try_number: int) -> None:
+    """Lineage: tags the MLflow run with the Airflow task and try now working on it. Best effort: an
+    MLflow outage must not stop training (the tag is set by the next task that reaches MLflow)."""
+    _, run = load(handle)
+    try:
+        tracking.set_tags(run, {"airflow.task_id": task_id, "airflow.try_number": str(try_number),
+                                f"airflow.try.{task_id}": str(try_number)})
+    except Exception as e:  # noqa: BLE001 - see docstring
+        log.warning("Could not tag the MLflow run with the Airflow try (%s); going on", e)
+
+
+def headline(cfg: ExperimentConfig, final: Mapping[str, Any], model: Mapping[str, Any], run: RunPaths) -> str:
+    """One line a person reads first: the result, the privacy and compression it cost, where to look."""
+    parts = [f"test accuracy {final['test_accuracy']:.4f} (loss {final['test_loss']:.4f}) after {cfg.rounds} rounds "
+             f"of {cfg.algorithm} on {cfg.dataset}"]
+    last = {}
+    for row in metrics_log.read_rows(run.metrics):
+        last.update(row)
+    if "epsilon" in last:
+        parts.append(f"DP ε = {last['epsilon']:.3g} at δ = {cfg.dp_delta:.3g}")
+    if "compression_ratio" in last:
+        parts.append(f"compression {last['compression_ratio']:.3g}×")
+    parts.append(f"model {model['registered_model_name']} v{model['version']} (@{tracking.MODEL_ALIAS})")
+    url = tracking.ui_url(run)
+    if url:
+        parts.append(f"MLflow: {url}")
+    return "; ".join(parts)
 
 
 def mark_failed(run_id: str) -> bool:

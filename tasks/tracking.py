@@ -9,8 +9,11 @@ nothing (the next sync catches up).
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,15 @@ MODEL_ALIAS = "candidate"
 _NOT_METRICS = {"round", "wall_time"}
 
 
+# MLflow's own default retries a refused connection 7 times over ~4 minutes. Every sync here is
+# idempotent and repeated (each poll, each chunk, evaluation), so a short retry is enough and keeps an
+# MLflow outage from stalling a chunk's log streaming. Deployments may still set their own values.
+_HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 def client() -> MlflowClient:
+    for name, value in _HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     uri = paths.tracking_uri()
     if uri.startswith("sqlite:///"):
         paths.mlruns_dir().mkdir(parents=True, exist_ok=True)
@@ -83,6 +94,18 @@ def set_tags(run: RunPaths, tags: Mapping[str, str]) -> None:
     client().log_batch(run_id(run), tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def environment_tags(run: RunPaths) -> dict[str, str]:
+    """Lineage tags from the trainer's ``tff_env.json``: the TFF environment's package versions and
+    devices (empty before the first chunk ran)."""
+    if not run.tff_env.exists():
+        return {}
+    env = atomic.read_json(run.tff_env)
+    tags = {f"fedflow.tff_env.{name}": version for name, version in env["packages"].items()}
+    tags["fedflow.tff_env.python"] = env["python"]
+    tags["fedflow.devices"] = ",".join(env["devices"])
+    return tags
+
+
 def log_artifact(run: RunPaths, path: Path, artifact_path: str | None = None) -> None:
     if Path(path).exists():
         client().log_artifact(run_id(run), str(path), artifact_path)
@@ -91,6 +114,31 @@ def log_artifact(run: RunPaths, path: Path, artifact_path: str | None = None) ->
 def log_artifacts(run: RunPaths, directory: Path, artifact_path: str | None = None) -> None:
     if Path(directory).is_dir():
         client().log_artifacts(run_id(run), str(directory), artifact_path)
+
+
+def reachable(timeout_s: float = 5.0) -> bool:
+    """Whether the tracking store answers: an MLflow server's ``/health``; the embedded store always."""
+    uri = paths.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def sync_metrics_if_reachable(run: RunPaths) -> int | None:
+    """:func:`sync_metrics`, except that an unreachable MLflow server is logged, not raised (returns
+    None): the rounds wait in ``metrics.jsonl`` for the next sync. Other errors propagate."""
+    try:
+        return sync_metrics(run)
+    except Exception as e:
+        if reachable():
+            raise
+        log.warning("MLflow at %s is unreachable (%s); the rounds stay in %s and are synced by the next "
+                    "task once it is back", paths.tracking_uri(), type(e).__name__, run.metrics)
+        return None
 
 
 def sync_metrics(run: RunPaths) -> int:

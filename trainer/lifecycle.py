@@ -4,8 +4,10 @@ TFF starts ``worker_binary`` as a child and stops it only in a ``__del__`` that 
 :func:`install` makes every exit path (return, exception, SIGTERM) terminate all descendants. The
 launcher on the Airflow side also kills the whole process group; this is the inner half of that pair.
 
-``FEDFLOW_FAULT`` (``fail_after_round=N`` or ``hang_after_round=N``) injects a fault after round N:
-the tests use it to prove the clean-up on failure and timeout paths, which cannot be caused otherwise.
+``FEDFLOW_FAULT`` (``fail_after_round=N``, ``hang_after_round=N`` or ``pause_after_round=N``) injects a
+fault after round N: the tests use it to prove the clean-up on failure and timeout paths, and to hold
+the trainer mid-run while they break something around it (``pause`` waits until the file named by
+``FEDFLOW_FAULT_RESUME_FILE`` exists, at most 10 minutes), which cannot be caused otherwise.
 """
 
 from __future__ import annotations
@@ -60,4 +62,13 @@ def maybe_inject_fault(round_num: int) -> None:
         log.warning("Injected hang after round %d (FEDFLOW_FAULT=%s)", round_num, spec)
         while True:
             time.sleep(60)
-    raise ValueError(f"FEDFLOW_FAULT must be fail_after_round=N or hang_after_round=N. Got {spec!r}.")
+    if kind == "pause_after_round":
+        resume = os.environ.get("FEDFLOW_FAULT_RESUME_FILE", "")
+        log.warning("Injected pause after round %d until %s exists (FEDFLOW_FAULT=%s)", round_num, resume, spec)
+        deadline = time.monotonic() + 600
+        while resume and not os.path.exists(resume) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return
+    raise ValueError(
+        f"FEDFLOW_FAULT must be fail_after_round=N, hang_after_round=N or pause_after_round=N. Got {spec!r}."
+    )

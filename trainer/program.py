@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib.metadata
 import logging
+import platform
 import shutil
 import time
 import uuid
@@ -192,10 +194,34 @@ def train_until_round(run_dir: Path, until_round: int) -> int:
     start and a TensorFlow import.
     """
     exp = load_experiment(run_dir)
+    record_environment(exp.paths)
     reached = _train(exp, until_round)
     if reached == exp.cfg.rounds:
         export_model(exp)
     return reached
+
+
+# The packages whose versions decide what a run computes; recorded per run for lineage.
+LINEAGE_PACKAGES = ("tensorflow", "tensorflow-federated", "numpy", "jax", "jaxlib", "dp-accounting", "mlflow")
+
+
+def record_environment(run: RunPaths) -> dict:
+    """Writes the TFF environment's package versions and devices to ``tff_env.json`` (each chunk: a
+    resumed run may continue on another machine; the newest record wins)."""
+    versions = {}
+    for name in LINEAGE_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    env = {
+        "python": platform.python_version(),
+        "packages": versions,
+        "devices": [d.name for d in tf.config.list_physical_devices("GPU")] or ["CPU"],
+        "host": platform.node(),
+    }
+    atomic.write_json(run.tff_env, env)
+    return env
 
 
 def _train(exp: Experiment, until_round: int) -> int:
@@ -278,6 +304,7 @@ def export_model(exp: Experiment) -> dict:
         exp.eval_model,
         tmp,
         signature=infer_signature(example, exp.eval_model(example).numpy()),
+        input_example=example,
         # Stated, not inferred: inference reloads the model in a subprocess (~15 s).
         pip_requirements=[f"tensorflow=={tf.__version__}"],
     )
