@@ -10,13 +10,20 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, AssetAlias, BaseOperatorLink, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from tasks.config import param_schemas
+from tasks.config import MAX_CHUNKS, param_schemas
+
+CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task
 
 # Every newly staged data set is announced as an event of the asset of its source (``fedflow://
 # staged/<dataset>[/<file>]``) through this alias; schedule a DAG on such an asset to run on new data.
 STAGED_DATA = AssetAlias("fedflow-staged-data")
+# The data DAG announces newly staged data that also passed validation as an event of ``fedflow://
+# validated/<dataset>[/<file>]`` (extra: the data settings that staged it). Training DAGs consume these:
+# the training DAG's own staging announces only ``staged``, so training never triggers itself.
+VALIDATED_DATA = AssetAlias("fedflow-validated-data")
+VALIDATED_DIGITS = Asset(uri="fedflow://validated/digits", name="validated/digits")
 
 
 class MlflowRunLink(BaseOperatorLink):
@@ -55,6 +62,14 @@ DAG_SETTINGS = {
 }
 
 
+def record_attempt(handle: dict) -> None:
+    """Lineage: tags the run's MLflow run with this task and its try number."""
+    from tasks import steps
+
+    ti = get_current_context()["ti"]
+    steps.record_attempt(handle, ti.task_id, ti.try_number)
+
+
 def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str, Param]:
     """Trigger-form params from the config's schema: every field, or those of ``sections`` plus the
     fields given new ``defaults``."""
@@ -65,14 +80,28 @@ def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str,
     return params
 
 
+def _announced_data_settings(ctx) -> dict:
+    """The data settings in the newest ``validated`` asset event that triggered this run ({} when the
+    run was triggered otherwise)."""
+    events = [event for events in (ctx.get("triggering_asset_events") or {}).values() for event in events]
+    events = [e for e in events if "data_config" in (e.extra or {})]
+    if not events:
+        return {}
+    newest = max(events, key=lambda e: e.timestamp)
+    return dict(newest.extra["data_config"])
+
+
 def resolve_task(*, training: bool):
     @task(task_id="resolve_config", execution_timeout=timedelta(minutes=5))
     def resolve_config() -> dict:
         from tasks import steps
 
         ctx = get_current_context()
+        params = {**ctx["params"], **_announced_data_settings(ctx)}  # train on exactly the announced data
         try:
-            return steps.resolve(ctx["params"], dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"], training=training)
+            return steps.resolve(params, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"], training=training,
+                                 tags={"airflow.task_id": ctx["ti"].task_id,
+                                       "airflow.try_number": str(ctx["ti"].try_number)})
         except steps.ConfigError as e:  # a retry cannot fix the user's input
             raise AirflowFailException(str(e)) from e
 
@@ -95,6 +124,54 @@ def stage(handle: dict) -> dict:
             extra={k: staged[k] for k in ("path", "fingerprint", "kind", "clients", "train_examples")},
         )
     return staged
+
+
+@task(execution_timeout=timedelta(minutes=5), outlets=[VALIDATED_DATA])
+def finish_data(handle: dict, staged: dict, checked: dict) -> dict:  # noqa: ARG001 - ``checked`` orders the tasks
+    """Closes the data run's MLflow run; announces newly staged, validated data to training DAGs."""
+    from tasks import steps
+
+    finished = steps.finish_data_run(handle)
+    if not staged["reused"]:
+        uri = staged["asset_uri"].replace("fedflow://staged/", "fedflow://validated/", 1)
+        get_current_context()["outlet_events"][VALIDATED_DATA].add(
+            Asset(uri=uri, name=uri.removeprefix("fedflow://")),
+            extra={"data_config": steps.data_settings(handle),
+                   **{k: staged[k] for k in ("path", "fingerprint", "kind", "clients", "train_examples")}},
+        )
+    return finished
+
+
+def training_chain() -> None:
+    """The tasks of a training DAG: resolve_config -> stage -> validate -> ``train_chunk_00..09`` (pool
+    and queue ``gpu``, one TFF process each, resuming from the newest checkpoint; chunks the plan does
+    not need are skipped) -> ``evaluate_and_register``."""
+
+    @task(pool="gpu", queue="gpu", retries=2, retry_delay=timedelta(seconds=30), execution_timeout=CHUNK_TIMEOUT)
+    def train_chunk(handle: dict, chunk_index: int) -> dict:
+        from tasks import steps
+
+        if steps.chunk_needed(handle, chunk_index):
+            record_attempt(handle)
+        outcome = steps.train_chunk(handle, chunk_index)
+        if outcome["status"] == "not-needed":
+            raise AirflowSkipException(f"The plan has {outcome['chunks']} chunk(s); chunk {chunk_index} is not needed")
+        return outcome
+
+    @task(trigger_rule="none_failed", execution_timeout=timedelta(hours=1))
+    def evaluate_and_register(handle: dict) -> dict:
+        from tasks import steps
+
+        record_attempt(handle)
+        return steps.evaluate_and_register(handle)
+
+    resolved = resolve_task(training=True)()
+    previous = validate_task(training=True)(resolved, stage(resolved))
+    for i in range(MAX_CHUNKS):
+        chunk = with_mlflow_link(train_chunk.override(task_id=f"train_chunk_{i:02d}")(resolved, i))
+        previous >> chunk
+        previous = chunk
+    previous >> with_mlflow_link(evaluate_and_register(resolved))
 
 
 def validate_task(*, training: bool):

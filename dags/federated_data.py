@@ -10,17 +10,18 @@ table, the Shakespeare plays, MovieLens-100K), or to schedule training on new da
    same files) and announces newly staged data as an event of the asset `fedflow://staged/<dataset>`.
 3. **validate** runs the structural checks and the Great Expectations suite of the data set's kind;
    the one-screen summary is in the task log, the Data Docs and the report in the MLflow run.
-4. **finish** closes the MLflow run.
+4. **finish** closes the MLflow run and announces newly staged data that passed validation as an
+   event of `fedflow://validated/<dataset>` (with the data settings), on which training DAGs such as
+   `federated_training_on_new_data` are scheduled.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from dags._fedflow_common import DAG_SETTINGS, experiment_params, resolve_task, stage, validate_task
+from dags._fedflow_common import DAG_SETTINGS, experiment_params, finish_data, resolve_task, stage, validate_task
 
 
 @dag(
@@ -32,14 +33,9 @@ from dags._fedflow_common import DAG_SETTINGS, experiment_params, resolve_task, 
     **DAG_SETTINGS,
 )
 def federated_data():
-    @task(execution_timeout=timedelta(minutes=5))
-    def finish(handle: dict, checked: dict) -> dict:  # noqa: ARG001 - ``checked`` orders the tasks
-        from tasks import steps
-
-        return steps.finish_data_run(handle)
-
     handle = resolve_task(training=False)()
-    finish(handle, validate_task(training=False)(handle, stage(handle)))
+    staged = stage(handle)
+    finish_data.override(task_id="finish")(handle, staged, validate_task(training=False)(handle, staged))
 
 
 federated_data()

@@ -19,23 +19,11 @@ simulated clients, and tracks everything in MLflow.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import dag, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import dag
 
-from dags._fedflow_common import (
-    DAG_SETTINGS,
-    experiment_params,
-    resolve_task,
-    stage,
-    validate_task,
-    with_mlflow_link,
-)
-from tasks.config import MAX_CHUNKS
-
-CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task
+from dags._fedflow_common import DAG_SETTINGS, experiment_params, training_chain
 
 
 @dag(
@@ -47,29 +35,7 @@ CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enf
     **DAG_SETTINGS,
 )
 def federated_training():
-    @task(pool="gpu", queue="gpu", retries=2, retry_delay=timedelta(seconds=30), execution_timeout=CHUNK_TIMEOUT)
-    def train_chunk(handle: dict, chunk_index: int) -> dict:
-        from tasks import steps
-
-        outcome = steps.train_chunk(handle, chunk_index)
-        if outcome["status"] == "not-needed":
-            raise AirflowSkipException(f"The plan has {outcome['chunks']} chunk(s); chunk {chunk_index} is not needed")
-        return outcome
-
-    @task(trigger_rule="none_failed", execution_timeout=timedelta(hours=1))
-    def evaluate_and_register(handle: dict) -> dict:
-        from tasks import steps
-
-        return steps.evaluate_and_register(handle)
-
-    handle = resolve_task(training=True)()
-    checked = validate_task(training=True)(handle, stage(handle))
-    previous = checked
-    for i in range(MAX_CHUNKS):
-        chunk = with_mlflow_link(train_chunk.override(task_id=f"train_chunk_{i:02d}")(handle, i))
-        previous >> chunk
-        previous = chunk
-    previous >> with_mlflow_link(evaluate_and_register(handle))
+    training_chain()
 
 
 federated_training()

@@ -193,61 +193,61 @@ class ExperimentConfig:
     )
     # -- aggregation and privacy -------------------------------------------------------------
     aggregator: str = _field(
-        "mean", section="Aggregation and privacy", title="Aggregator", enum=list(AGGREGATORS),
+        "mean", section="Aggregation", title="Aggregator", enum=list(AGGREGATORS),
         description="'mean': plain (weighted) mean; 'robust': adaptive zeroing + L2 clipping; 'dp': user-level "
         "DP (clipping + Gaussian noise, uniform weighting); 'compression': 8-bit-style uniform quantisation of "
         "large tensors; 'secure': secure summation (simulated).",
     )
     aggregator_zeroing: bool = _field(
-        True, section="Aggregation and privacy", title="Adaptive zeroing",
+        True, section="Aggregation", title="Adaptive zeroing",
         description="Zero out client updates with extreme values (robust, dp, compression, secure).",
     )
     aggregator_clipping: bool = _field(
-        True, section="Aggregation and privacy", title="Adaptive L2 clipping",
+        True, section="Aggregation", title="Adaptive L2 clipping",
         description="Clip client updates to an adaptive L2 norm (robust, compression, secure).",
     )
     noise_multiplier: float = _field(
-        1.0, section="Aggregation and privacy", title="DP noise multiplier", minimum=0, maximum=1000,
+        1.0, section="Privacy", title="DP noise multiplier", minimum=0, maximum=1000,
         description="Gaussian noise stddev / clip norm (aggregator 'dp'). With adaptive clipping it must be "
         "< 0.1 x clients_per_round.",
     )
     dp_clipping: str = _field(
-        "adaptive", section="Aggregation and privacy", title="DP clipping", enum=list(DP_CLIPPING),
+        "adaptive", section="Privacy", title="DP clipping", enum=list(DP_CLIPPING),
         description="'adaptive': the clip tracks a quantile of update norms (Andrew et al. 2021); 'fixed'.",
     )
     dp_clip: float = _field(
-        0.1, section="Aggregation and privacy", title="DP clip norm", exclusiveMinimum=0, maximum=10000,
+        0.1, section="Privacy", title="DP clip norm", exclusiveMinimum=0, maximum=10000,
         description="The fixed L2 clip, or the initial clip of adaptive clipping.",
     )
     dp_target_unclipped_quantile: float = _field(
-        0.5, section="Aggregation and privacy", title="DP target unclipped quantile", exclusiveMinimum=0, maximum=1,
+        0.5, section="Privacy", title="DP target unclipped quantile", exclusiveMinimum=0, maximum=1,
         description="Adaptive clipping aims at this fraction of unclipped updates.",
     )
     dp_delta: float = _field(
-        0.0, section="Aggregation and privacy", title="DP delta", minimum=0, maximum=0.5,
+        0.0, section="Privacy", title="DP delta", minimum=0, maximum=0.5,
         description="δ of the reported (ε, δ); 0 means 1 / num_clients^1.1.",
     )
     dp_epsilon_budget: float = _field(
-        10.0, section="Aggregation and privacy", title="DP epsilon budget", minimum=0, maximum=1000000,
+        10.0, section="Privacy", title="DP epsilon budget", minimum=0, maximum=1000000,
         description="A DP run whose planned ε exceeds this fails before training (0: no limit).",
     )
     custom_aggregator: str = _field(
-        "", section="Aggregation and privacy", title="Custom aggregator factory",
+        "", section="Aggregation", title="Custom aggregator factory",
         pattern=r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)?$",
         description="'package.module:function' importable in the TFF environment; called with the config, it "
         "returns a tff.aggregators factory (aggregator 'custom').",
     )
     compress: bool = _field(
-        False, section="Aggregation and privacy", title="Compress updates",
+        False, section="Compression", title="Compress updates",
         description="Quantise client updates (compression_bits, compression_threshold) under the 'mean', "
         "'robust' or 'dp' aggregator; 'compression' is the same with robust wrappers, always on.",
     )
     compression_bits: int = _field(
-        8, section="Aggregation and privacy", title="Compression bits", minimum=1, maximum=16,
+        8, section="Compression", title="Compression bits", minimum=1, maximum=16,
         description="Bits per value of uniformly quantised tensors (aggregator 'compression').",
     )
     compression_threshold: int = _field(
-        20000, section="Aggregation and privacy", title="Compression threshold", minimum=0, maximum=10**9,
+        20000, section="Compression", title="Compression threshold", minimum=0, maximum=10**9,
         description="Only tensors with more elements than this are quantised; smaller ones go as float32.",
     )
     seed: int = _field(
@@ -255,34 +255,34 @@ class ExperimentConfig:
         description="Derives partition, initial weights, client sampling and shuffling per round.",
     )
     heldout_clients: int = _field(
-        0, section="Chunks and tracking", title="Held-out evaluation clients", minimum=0, maximum=499,
+        0, section="Chunks, evaluation and tracking", title="Held-out evaluation clients", minimum=0, maximum=499,
         description="The last k training clients never train; every eval_every rounds they run federated "
         "evaluation (tff.learning.algorithms.build_fed_eval).",
     )
     # -- chunks, evaluation, tracking -------------------------------------------------------
     rounds_per_chunk: int = _field(
-        20, section="Chunks and tracking", title="Rounds per chunk", minimum=1, maximum=10000,
+        20, section="Chunks, evaluation and tracking", title="Rounds per chunk", minimum=1, maximum=10000,
         description=f"Rounds one training task runs; at most {MAX_CHUNKS} chunks per run.",
     )
     eval_every: int = _field(
-        5, section="Chunks and tracking", title="Evaluate every k rounds", minimum=1, maximum=10000,
+        5, section="Chunks, evaluation and tracking", title="Evaluate every k rounds", minimum=1, maximum=10000,
         description="Central test-set evaluation every k rounds (and always after the last round).",
     )
     keep_checkpoints: int = _field(
-        3, section="Chunks and tracking", title="Checkpoints kept", minimum=1, maximum=100,
+        3, section="Chunks, evaluation and tracking", title="Checkpoints kept", minimum=1, maximum=100,
         description="How many of the newest per-round checkpoints to keep.",
     )
     chunk_timeout_minutes: int = _field(
-        60, section="Chunks and tracking", title="Chunk timeout (minutes)", minimum=1, maximum=1440,
+        60, section="Chunks, evaluation and tracking", title="Chunk timeout (minutes)", minimum=1, maximum=1440,
         description="A chunk's trainer process is killed (with all its children) after this long.",
     )
     experiment_name: str = _field(
-        "fedflow", section="Chunks and tracking", title="MLflow experiment",
+        "fedflow", section="Chunks, evaluation and tracking", title="MLflow experiment",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-/]{0,99}$",
         description="MLflow experiment that receives the run.",
     )
     registered_model_name: str = _field(
-        "fedflow-digits", section="Chunks and tracking", title="Registered model name",
+        "fedflow-digits", section="Chunks, evaluation and tracking", title="Registered model name",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
         description="Model-registry name the final model is registered under (alias 'candidate').",
     )

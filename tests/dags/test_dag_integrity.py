@@ -106,3 +106,34 @@ def test_the_stage_task_announces_staged_data_through_the_asset_alias(dagbag, da
 
     outlets = dagbag.dags[dag_id].get_task("stage").outlets
     assert outlets == [AssetAlias("fedflow-staged-data")]
+
+
+def test_only_the_data_dag_announces_validated_data_so_training_never_triggers_itself(dagbag):
+    from airflow.sdk import AssetAlias
+
+    assert dagbag.dags["federated_data"].get_task("finish").outlets == [AssetAlias("fedflow-validated-data")]
+    for dag_id in ("federated_training", "federated_training_on_new_data"):
+        outlets = [o for t in dagbag.dags[dag_id].tasks for o in t.outlets]
+        assert AssetAlias("fedflow-validated-data") not in outlets
+
+
+def test_the_data_aware_training_dag_is_scheduled_on_validated_digits_with_the_training_tasks(dagbag):
+    dag, manual = dagbag.dags["federated_training_on_new_data"], dagbag.dags["federated_training"]
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == ["fedflow://validated/digits"]
+    assert set(dag.task_ids) == set(manual.task_ids)
+    assert dag.params.keys() == manual.params.keys()
+
+
+def test_a_run_triggered_by_new_data_trains_on_the_newest_announced_settings():
+    from types import SimpleNamespace
+
+    from dags._fedflow_common import _announced_data_settings
+
+    def event(ts, **extra):
+        return SimpleNamespace(timestamp=ts, extra=extra)
+
+    events = {"validated/digits": [event(1, data_config={"num_clients": 8}), event(3, data_config={"num_clients": 20}),
+                                   event(5, note="no settings")]}
+    assert _announced_data_settings({"triggering_asset_events": events}) == {"num_clients": 20}
+    assert _announced_data_settings({"triggering_asset_events": {}}) == {}
+    assert _announced_data_settings({}) == {}

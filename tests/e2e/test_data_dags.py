@@ -79,11 +79,17 @@ def test_an_h5_file_is_staged_validated_announced_and_reported_in_mlflow(env, tm
     [event] = [e for e in asset_events(env) if e["uri"].startswith("fedflow://staged/h5/")]
     staged = json.loads((run_dir / "staged.json").read_text())
     assert event["extra"]["fingerprint"] == staged["fingerprint"] and event["extra"]["clients"] == 8
+    # Validated too: announced to training DAGs with the settings that stage exactly this data again.
+    [validated] = [e for e in asset_events(env) if e["uri"].startswith("fedflow://validated/h5/")]
+    assert validated["uri"] == event["uri"].replace("/staged/", "/validated/")
+    assert validated["extra"]["fingerprint"] == staged["fingerprint"]
+    assert {k: validated["extra"]["data_config"][k] for k in conf} == conf
 
     # The same data again: reused, and no new asset event (nothing new to schedule on).
     again = airflow(env, "dags", "test", "federated_data", "-c", json.dumps(conf), log=tmp_path / "again.log")
     assert again.returncode == 0
     assert len([e for e in asset_events(env) if e["uri"].startswith("fedflow://staged/h5/")]) == 1
+    assert len([e for e in asset_events(env) if e["uri"].startswith("fedflow://validated/")]) == 1
 
 
 def test_nan_pixels_stop_the_run_at_validation_naming_the_client(env, tmp_path):

@@ -59,7 +59,18 @@ def test_every_round_is_in_mlflow_exactly_once_with_lineage_tags(dag_run, airflo
     assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "test_accuracy")) == [2, 4]
     assert run.data.metrics["final_test_accuracy"] == pytest.approx(dag_run["final_test_accuracy"])
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"config.json", "metrics.jsonl", "data", "logs"} <= artifacts
+    assert {"config.json", "metrics.jsonl", "data", "logs", "tff_env.json"} <= artifacts
+    # Lineage: the Airflow task and try, the git commit, the TFF environment that trained it.
+    tags = run.data.tags
+    assert tags["airflow.task_id"] == "evaluate_and_register" and tags["airflow.try.train_chunk_01"] == "1"
+    assert tags["airflow.try_number"] == "1"
+    assert len(tags["fedflow.git_sha"]) == 40
+    assert tags["fedflow.tff_env.tensorflow-federated"] == "0.87.0"
+    assert tags["fedflow.tff_env.tensorflow"].startswith("2.14") and tags["fedflow.devices"]
+    # The headline, as the run's description in the MLflow UI and the last lines of the task log.
+    assert tags["mlflow.note.content"] == dag_run["headline"]
+    assert f"test accuracy {dag_run['final_test_accuracy']:.4f}" in dag_run["headline"]
+    assert f"{CONF['registered_model_name']} v{dag_run['version']} (@candidate)" in dag_run["headline"]
 
 
 def test_the_model_is_registered_and_loads_with_pyfunc_in_the_tff_env(dag_run, airflow_env, tmp_path):
@@ -67,6 +78,8 @@ def test_the_model_is_registered_and_loads_with_pyfunc_in_the_tff_env(dag_run, a
     version = c.get_model_version_by_alias("e2e-digits", "candidate")
     assert str(version.version) == dag_run["version"]
     model_dir = c.get_model_version_download_uri("e2e-digits", version.version).removeprefix("file://")
+    mlmodel = (Path(model_dir) / "MLmodel").read_text()
+    assert "signature:" in mlmodel and "saved_input_example_info:" in mlmodel  # shown in the MLflow UI
 
     staged_dir = Path(json.loads((Path(dag_run["run_dir"]) / "staged.json").read_text())["path"])
     test = shards.Manifest.read(staged_dir).read_split("test")

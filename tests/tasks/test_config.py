@@ -185,3 +185,13 @@ def test_text_and_ratings_data_are_refused_for_classifier_training_pointing_at_t
     with pytest.raises(ConfigError, match="federated_data DAG"):
         cfg.check_trainable()
     ExperimentConfig().check_trainable()
+
+
+def test_data_settings_alone_reproduce_the_staging_settings():
+    from tasks.stage import staging_settings
+
+    staged = ExperimentConfig(num_clients=12, partition="pathological", classes_per_client=3, test_fraction=0.3,
+                              seed=7, rounds=50, algorithm="fedprox", clients_per_round=4)
+    trained = ExperimentConfig.from_mapping({**staged.data_settings(), "clients_per_round": 2})
+    assert staging_settings(trained, None) == staging_settings(staged, None)
+    assert "rounds" not in staged.data_settings() and staged.data_settings()["seed"] == 7
