@@ -7,6 +7,7 @@ No Airflow here: the DAG file only wires these together.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,12 @@ def finish_data_run(handle: Mapping[str, str]) -> dict[str, Any]:
     return {"mlflow_run_id": tracking.run_id(run), "experiment": cfg.experiment_name}
 
 
+def worker_role() -> str:
+    """Which worker ran this step: ``FEDFLOW_WORKER_ROLE`` of its environment (the GPU workers of a
+    distributed deployment set ``gpu``; host names cannot tell two workers on one host apart)."""
+    return os.environ.get("FEDFLOW_WORKER_ROLE", "")
+
+
 def chunk_needed(handle: Mapping[str, str], chunk_index: int) -> bool:
     cfg, _ = load(handle)
     return cfg.chunk_target_round(chunk_index) is not None
@@ -175,7 +182,7 @@ def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:
         tracking.log_artifact(run, run.chunk_log(chunk_index), "logs")
         tracking.set_tags(run, tracking.environment_tags(run))
     return {"status": "trained", "chunk": chunk_index, "round": target, "rounds_synced_at_end": synced,
-            "mlflow_reachable": synced is not None}
+            "mlflow_reachable": synced is not None, "worker": worker_role()}
 
 
 def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
