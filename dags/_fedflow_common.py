@@ -37,7 +37,7 @@ class MlflowRunLink(BaseOperatorLink):
         from tasks import tracking
         from tasks.paths import RunPaths
 
-        return tracking.ui_url(RunPaths.for_run(ti_key.run_id)) or ""
+        return tracking.ui_url(RunPaths.for_run(ti_key.dag_id, ti_key.run_id)) or ""
 
 
 def with_mlflow_link(task_output):
@@ -50,7 +50,7 @@ def mark_mlflow_run_failed(context) -> None:
     """A task failed with no retries left: the run's MLflow run must not stay RUNNING."""
     from tasks import steps
 
-    steps.mark_failed(context["run_id"])
+    steps.mark_failed(context["dag"].dag_id, context["run_id"])
 
 
 # What every fedflow DAG shares: never back-filled, a few runs at once, failures close the MLflow run.

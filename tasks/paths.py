@@ -67,13 +67,14 @@ def safe_name(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RunPaths:
-    """The files of one experiment run: ``<data>/runs/<run id>/``."""
+    """The files of one experiment run: ``<data>/runs/<dag id>__<run id>/``."""
 
     root: Path
 
     @classmethod
-    def for_run(cls, run_id: str) -> RunPaths:
-        return cls(runs_root() / safe_name(run_id))
+    def for_run(cls, dag_id: str, run_id: str) -> RunPaths:
+        """Keyed by DAG and run: two DAGs scheduled at the same time get the same Airflow run id."""
+        return cls(runs_root() / safe_name(f"{dag_id}__{run_id}"))
 
     @property
     def config(self) -> Path:

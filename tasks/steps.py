@@ -53,7 +53,7 @@ def resolve(
     if training:
         cfg.check_trainable()
     planned = privacy.check_budget(cfg) if training else None  # before anything is written or trained
-    run = RunPaths.for_run(run_id)
+    run = RunPaths.for_run(dag_id, run_id)
     run.root.mkdir(parents=True, exist_ok=True)
     if run.config.exists():
         if ExperimentConfig.read_json(run.config) != cfg:
@@ -239,7 +239,8 @@ def headline(cfg: ExperimentConfig, final: Mapping[str, Any], model: Mapping[str
     for row in metrics_log.read_rows(run.metrics):
         last.update(row)
     if "epsilon" in last:
-        parts.append(f"DP ε = {last['epsilon']:.3g} at δ = {cfg.dp_delta:.3g}")
+        delta = privacy.PrivacyPlan.of(cfg).delta  # dp_delta 0 means the default, 1/N^1.1
+        parts.append(f"DP ε = {last['epsilon']:.3g} at δ = {delta:.3g}")
     if "compression_ratio" in last:
         parts.append(f"compression {last['compression_ratio']:.3g}×")
     parts.append(f"model {model['registered_model_name']} v{model['version']} (@{tracking.MODEL_ALIAS})")
@@ -249,10 +250,10 @@ def headline(cfg: ExperimentConfig, final: Mapping[str, Any], model: Mapping[str
     return "; ".join(parts)
 
 
-def mark_failed(run_id: str) -> bool:
+def mark_failed(dag_id: str, run_id: str) -> bool:
     """Marks the MLflow run of Airflow run ``run_id`` FAILED (a task failed for good). Returns
     whether there was an MLflow run to mark; its metrics and artifacts so far stay for inspection."""
-    run = RunPaths.for_run(run_id)
+    run = RunPaths.for_run(dag_id, run_id)
     if not run.mlflow_run.exists():
         return False
     tracking.finish_run(run, status="FAILED")

@@ -9,6 +9,7 @@ nothing (the next sync catches up).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import time
@@ -70,7 +71,7 @@ def start_run(cfg: ExperimentConfig, run: RunPaths, *, tags: Mapping[str, str]) 
     if run.mlflow_run.exists():
         return run_id(run)
     c = client()
-    all_tags = {"mlflow.runName": run.root.name, "fedflow.git_sha": _git_sha(), **tags}
+    all_tags = {"mlflow.runName": run.root.name, "fedflow.git_sha": git_sha(), **tags}
     created = c.create_run(experiment_id(c, cfg.experiment_name), tags=all_tags)
     rid = created.info.run_id
     c.log_batch(rid, params=[Param(k, str(v)) for k, v in sorted(cfg.to_dict().items())])
@@ -162,10 +163,10 @@ def sync_metrics(run: RunPaths) -> int:
 
 def round_metrics(row: Mapping[str, Any]) -> list[Metric]:
     timestamp = int(row.get("wall_time", time.time()) * 1000)
-    values = [
+    values = [  # ε is infinite without noise: MLflow would store it as 1.8e308, so it is left out
         Metric(key, float(value), timestamp, int(row["round"]))
         for key, value in sorted(row.items())
-        if key not in _NOT_METRICS and key != ROUND_MARKER and isinstance(value, (int, float))
+        if key not in _NOT_METRICS and key != ROUND_MARKER and isinstance(value, (int, float)) and not math.isinf(value)
     ]
     return [*values, Metric(ROUND_MARKER, float(row[ROUND_MARKER]), timestamp, int(row["round"]))]
 
@@ -204,7 +205,8 @@ def finish_run(run: RunPaths, status: str = "FINISHED") -> None:
     client().set_terminated(run_id(run), status)
 
 
-def _git_sha() -> str:
+def git_sha() -> str:
+    """The checkout's commit (lineage), or "unknown" outside git."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=paths.PROJECT_ROOT, capture_output=True, text=True, timeout=10

@@ -1,0 +1,530 @@
+"""Experiment sweeps: a committed YAML file -> a grid of complete experiments -> one MLflow parent run
+that compares them and gives the best model the registry alias ``champion``.
+
+A sweep file ``sweeps/<name>.yaml`` (the DAG ``sweep_<name>`` runs it)::
+
+    description: what the sweep asks, for the people reading its results
+    schedule: "@daily"          # an Airflow preset or a cron expression; null = triggered by hand
+    base:                       # ExperimentConfig fields shared by every point
+      rounds: 30
+      aggregator: dp
+    grid:                       # field -> values; the points are the cross product, in file order
+      noise_multiplier: [0.3, 0.6]
+      compression_bits: [8, 4]
+
+Every point's config is validated when the file is loaded, so one bad value fails the whole sweep
+before anything trains, naming the file, the point and the field. Each point then runs as its own
+experiment through :mod:`tasks.steps` (its own run directory and MLflow run, a child of the sweep's
+parent run); :func:`compare` tabulates and plots the results on the parent.
+
+Module-level imports stay light (PyYAML, the config): the sweep DAG file reads the sweep files each
+time Airflow parses it. MLflow, the steps and matplotlib are imported by the functions that use them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import hashlib
+import html
+import io
+import itertools
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks import atomic, paths
+from tasks.config import ConfigError, ExperimentConfig
+from tasks.paths import RunPaths
+
+CHAMPION_ALIAS = "champion"
+MAX_POINTS = 256  # Airflow maps at most 1024 task instances per task by default; a sweep this size is a typo
+# Airflow's schedule presets (a cron expression of 5 fields is the other accepted form).
+SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_FILE_KEYS = ("description", "schedule", "base", "grid")
+_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+# The parent run and its children must share one experiment for MLflow to nest them.
+_NOT_IN_GRID = ("experiment_name",)
+# Result columns of the comparison, from final.json and the last metrics.jsonl row that has each.
+RESULT_COLUMNS = ("final_test_accuracy", "final_test_loss", "epsilon", "epsilon_pld", "delta", "bits_per_parameter",
+                  "compression_ratio")
+# Grid fields that move a point along the x axis of a plot (so they do not split it into lines).
+_COMPRESSION_FIELDS = {"compress", "compression_bits", "compression_threshold"}
+_NOISE_FIELDS = {"noise_multiplier"}
+
+
+class Error(Exception):
+    """Base class for sweep errors."""
+
+
+class SweepFileError(Error, ValueError):
+    """A sweep file is missing, malformed, or one of its grid points is not a valid experiment."""
+
+
+class PointsFailedError(Error):
+    """Some grid points failed; raised after the comparison of the others was logged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A loaded, validated sweep file."""
+
+    name: str
+    path: Path
+    sha256: str
+    description: str
+    schedule: str | None
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+
+    @property
+    def dag_id(self) -> str:
+        return f"sweep_{self.name}"
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid point in file order: ``index``, ``label``, ``grid`` (its grid values), ``params``."""
+        names = list(self.grid)
+        points = []
+        for index, values in enumerate(itertools.product(*self.grid.values())):
+            chosen = dict(zip(names, values, strict=True))
+            points.append({"index": index, "label": point_label(chosen), "grid": chosen,
+                           "params": {**self.base, **chosen}})
+        return points
+
+
+def point_label(grid_values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in grid_values.items())
+
+
+def sweeps_dir() -> Path:
+    """Where the sweep files are: ``FEDFLOW_SWEEPS_DIR``, default ``sweeps/`` in the project."""
+    return Path(os.environ.get("FEDFLOW_SWEEPS_DIR", paths.PROJECT_ROOT / "sweeps")).resolve()
+
+
+def sweep_files() -> list[Path]:
+    return sorted(sweeps_dir().glob("*.yaml"))
+
+
+def dag_id_for(path: Path) -> str:
+    """``sweep_<file stem>``, with characters a DAG id cannot hold replaced (a bad name is reported by
+    :func:`load`; the DAG still exists to show the error)."""
+    return "sweep_" + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)
+
+
+def load(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Sweep:
+    """Reads and validates a sweep file; ``overrides`` replace base fields for one run.
+
+    Raises SweepFileError naming the file and every problem: the YAML, a missing or unknown key, a
+    grid that is not ``field: [values]``, and each grid point whose config ExperimentConfig rejects.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        doc = yaml.safe_load(raw)
+    except OSError as e:
+        raise SweepFileError(f"Cannot read sweep file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise SweepFileError(f"{path} is not valid YAML: {e}") from e
+    if not _NAME.fullmatch(path.stem):
+        raise SweepFileError(f"{path}: the file name is the sweep's name (DAG sweep_<name>) and must match "
+                             f"{_NAME.pattern}. Got {path.stem!r}. Fix: rename the file, e.g. nightly_dp.yaml.")
+    if not isinstance(doc, dict):
+        raise SweepFileError(f"{path}: expected a mapping with keys {list(_FILE_KEYS)}. Got {type(doc).__name__}.")
+    missing = [k for k in _FILE_KEYS if k not in doc]
+    unknown = sorted(set(doc) - set(_FILE_KEYS), key=str)
+    if missing or unknown:
+        raise SweepFileError(f"{path}: expected the keys {list(_FILE_KEYS)}. Got missing {missing}, unknown "
+                             f"{unknown}. Fix: see sweeps/nightly_dp_compression.yaml for the layout.")
+    description, schedule = doc["description"], doc["schedule"]
+    if not isinstance(description, str) or not description.strip():
+        raise SweepFileError(f"{path}: description must be a non-empty string. Got {description!r}.")
+    _check_schedule(path, schedule)
+    base = _mapping(path, "base", doc["base"] or {}, allow_empty=True)
+    grid = _check_grid(path, _mapping(path, "grid", doc["grid"]))
+    if overrides:
+        _check_names(path, "overrides", overrides)
+        clash = sorted(set(overrides) & set(grid))
+        if clash:
+            raise SweepFileError(f"{path}: overrides may change base settings, not grid parameters. Got {clash}. "
+                                 "Fix: edit the grid in the file, or limit the points with max_points.")
+        base = {**base, **overrides}
+    clash = sorted(set(base) & set(grid))
+    if clash:
+        raise SweepFileError(f"{path}: {clash} set in both base and grid. Fix: keep each field in one of them.")
+    sweep = Sweep(name=path.stem, path=path, sha256=hashlib.sha256(raw).hexdigest(), description=description.strip(),
+                  schedule=schedule, base=base, grid=grid)
+    _check_points(sweep)
+    return sweep
+
+
+def _mapping(path: Path, key: str, value: Any, *, allow_empty: bool = False) -> dict[str, Any]:
+    if not isinstance(value, dict) or not (value or allow_empty):
+        raise SweepFileError(f"{path}: {key} must be a non-empty mapping of experiment fields. Got {value!r}.")
+    _check_names(path, key, value)
+    return dict(value)
+
+
+def _check_names(path: Path, key: str, values: Mapping[str, Any]) -> None:
+    for name in values:
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(str(name), _FIELDS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else " Fix: use a field of the training DAG's trigger form."
+            raise SweepFileError(f"{path}: {key}: unknown experiment field {name!r}.{hint}")
+
+
+def _check_schedule(path: Path, schedule: Any) -> None:
+    from croniter import croniter  # what Airflow's cron timetables use (a dependency of Airflow)
+
+    if schedule is None or schedule in SCHEDULE_PRESETS:
+        return
+    if not isinstance(schedule, str) or len(schedule.split()) != 5 or not croniter.is_valid(schedule):
+        raise SweepFileError(f"{path}: schedule must be null, one of {list(SCHEDULE_PRESETS)} or a 5-field cron "
+                             f"expression such as '0 3 * * *'. Got {schedule!r}.")
+
+
+def _check_grid(path: Path, grid: dict[str, Any]) -> dict[str, list[Any]]:
+    size = 1
+    for name, values in grid.items():
+        if name in _NOT_IN_GRID:
+            raise SweepFileError(f"{path}: grid: {name} cannot vary (the points nest under one parent run in one "
+                                 "experiment). Fix: set it in base.")
+        if not isinstance(values, list) or not values or any(isinstance(v, (list, dict)) or v is None for v in values):
+            raise SweepFileError(f"{path}: grid: {name} must be a non-empty list of values, e.g. {name}: [a, b]. "
+                                 f"Got {values!r}.")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise SweepFileError(f"{path}: grid: {name} lists a value twice. Got {values!r}.")
+        size *= len(values)
+    if size > MAX_POINTS:
+        raise SweepFileError(f"{path}: the grid has {size} points, more than {MAX_POINTS}. Fix: fewer values.")
+    return grid
+
+
+def _check_points(sweep: Sweep) -> None:
+    problems = []
+    for point in sweep.points():
+        try:
+            ExperimentConfig.from_mapping(point["params"]).check_trainable()
+        except ConfigError as e:
+            problems.append(f"grid point p{point['index']:02d} ({point['label']}): {e}")
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise SweepFileError(f"{sweep.path}: {len(problems)} of {len(sweep.points())} grid points are invalid "
+                             "experiments:\n- " + "\n- ".join(shown))
+
+
+def check_privacy_budgets(sweep: Sweep, points: Sequence[Mapping[str, Any]]) -> None:
+    """Raises SweepFileError naming every point whose planned ε exceeds its ``dp_epsilon_budget``: a
+    sweep must not train half its grid and then stop on the budget."""
+    from tasks import privacy
+
+    problems = []
+    for point in points:
+        try:
+            privacy.check_budget(ExperimentConfig.from_mapping(point["params"]))
+        except privacy.PrivacyBudgetError as e:
+            problems.append(f"grid point p{point['index']:02d} ({point['label']}): {e}")
+    if problems:
+        raise SweepFileError(f"{sweep.path}: {len(problems)} grid point(s) would exceed their privacy budget:\n- "
+                             + "\n- ".join(problems))
+
+
+# -- the DAG's steps ----------------------------------------------------------------------------------
+
+def sweep_run(dag_id: str, run_id: str) -> RunPaths:
+    """The sweep run's directory (plan, point outcomes, comparison; the parent's ``mlflow_run.json``).
+    Keyed by DAG and run: two sweeps scheduled at the same time have the same Airflow run id."""
+    return RunPaths.for_run(dag_id, run_id)
+
+
+def plan(path: Path, *, dag_id: str, run_id: str, max_points: int = 0,
+         overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Validates the sweep, freezes its plan in the sweep run's directory, opens the parent MLflow run
+    and returns the points to run (the first ``max_points``; 0 = all), each a complete task input.
+
+    A retry reuses the frozen plan and the parent run; a changed file or params fail it.
+    """
+    sweep = load(path, overrides=overrides)
+    points = sweep.points()[: max_points or None]
+    check_privacy_budgets(sweep, points)
+    run = sweep_run(dag_id, run_id)
+    record = {"sweep": sweep.name, "file": str(sweep.path), "sha256": sweep.sha256, "description": sweep.description,
+              "base": sweep.base, "grid": sweep.grid, "grid_fields": list(sweep.grid),  # JSON files sort keys
+              "max_points": max_points, "dag_id": dag_id, "run_id": run_id,
+              "points": [{**p, "run_id": f"{run_id}__p{p['index']:02d}"} for p in points]}
+    plan_file = run.root / "sweep.json"
+    if plan_file.exists():
+        frozen = atomic.read_json(plan_file)
+        if {k: v for k, v in frozen.items() if k != "parent_run_id"} != record:
+            raise SweepFileError(f"{run.root} already holds the plan of another version of {sweep.path} or other "
+                                 "params. Fix: trigger a new DAG run.")
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(run.root / "sweep.yaml", sweep.path.read_bytes())
+    experiment = ExperimentConfig.from_mapping(points[0]["params"]).experiment_name  # the grid cannot vary it
+    parent = _open_parent_run(sweep, run, experiment=experiment, dag_id=dag_id, run_id=run_id, num_points=len(points))
+    record["parent_run_id"] = parent
+    atomic.write_json(plan_file, record)
+    return [{**p, "parent_run_id": parent, "sweep": sweep.name, "sweep_dir": str(run.root), "dag_id": dag_id,
+             "airflow_run_id": run_id} for p in record["points"]]
+
+
+def _open_parent_run(sweep: Sweep, run: RunPaths, *, experiment: str, dag_id: str, run_id: str,
+                     num_points: int) -> str:
+    from mlflow.entities import Param
+
+    from tasks import tracking
+
+    if run.mlflow_run.exists():  # an earlier try opened it
+        return tracking.run_id(run)
+    c = tracking.client()
+    tags = {"mlflow.runName": f"{sweep.name} {run_id}", "mlflow.note.content": sweep.description,
+            "fedflow.sweep": sweep.name, "fedflow.sweep_file": _display_path(sweep.path),
+            "fedflow.sweep_sha256": sweep.sha256, "fedflow.sweep_points": str(num_points),
+            "airflow.dag_id": dag_id, "airflow.run_id": run_id, "fedflow.git_sha": tracking.git_sha()}
+    created = c.create_run(tracking.experiment_id(c, experiment), tags=tags)
+    rid = created.info.run_id
+    params = {**{k: str(v) for k, v in sweep.base.items()}, **{k: json.dumps(v) for k, v in sweep.grid.items()}}
+    c.log_batch(rid, params=[Param(k, v) for k, v in sorted(params.items())])
+    atomic.write_json(run.mlflow_run, {"run_id": rid, "experiment_id": created.info.experiment_id,
+                                       "tracking_uri": paths.tracking_uri()})
+    tracking.log_artifact(run, run.root / "sweep.yaml")
+    return rid
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(paths.PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run_point(point: Mapping[str, Any]) -> dict[str, Any]:
+    """Runs one grid point as a complete experiment: resolve (its own run id, so a retry resumes its
+    checkpoints; its MLflow run a child of the sweep's) -> stage (content-addressed: shared by the
+    points) -> validate -> every training chunk -> evaluate and register. Records the outcome (or the
+    error) for :func:`compare` and returns the run's summary."""
+    from tasks import steps
+
+    index = point["index"]
+    outcome = Path(point["sweep_dir"]) / "points" / f"p{index:02d}.json"
+    tags = {"mlflow.parentRunId": point["parent_run_id"], "mlflow.runName": f"p{index:02d} {point['label']}",
+            "fedflow.sweep": point["sweep"], "fedflow.sweep_point": f"p{index:02d}", "airflow.dag_id": point["dag_id"],
+            "airflow.run_id": point["airflow_run_id"], "airflow.task_id": "run_point", "airflow.map_index": str(index)}
+    try:
+        handle = steps.resolve(point["params"], dag_id=point["dag_id"], run_id=point["run_id"], tags=tags)
+        steps.stage(handle)
+        steps.validate(handle)
+        cfg, _ = steps.load(handle)
+        for chunk in range(cfg.num_chunks):
+            steps.train_chunk(handle, chunk)
+        summary = steps.evaluate_and_register(handle)
+    except BaseException as e:  # recorded for the comparison, then raised for Airflow's retries
+        atomic.write_json(outcome, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        raise
+    atomic.write_json(outcome, {"status": "succeeded", **summary})
+    return summary
+
+
+def mark_failed(*, dag_id: str, run_id: str, map_index: int | None = None) -> None:
+    """A sweep task failed for good: ``run_point`` marks its point's MLflow run FAILED (the sweep's
+    parent is closed by ``compare``, which still runs); ``plan`` or ``compare`` mark the parent."""
+    from tasks import steps, tracking
+
+    run = sweep_run(dag_id, run_id)
+    if map_index is None or map_index < 0:
+        if run.mlflow_run.exists():
+            tracking.finish_run(run, status="FAILED")
+        return
+    plan_file = run.root / "sweep.json"
+    if plan_file.exists():
+        steps.mark_failed(dag_id, atomic.read_json(plan_file)["points"][map_index]["run_id"])
+
+
+def compare(*, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Tabulates every planned point (failed ones as failed), plots accuracy vs ε and vs bits per
+    parameter, logs all of it to the parent run under ``comparison/``, gives the best point's model
+    version the alias ``champion``, and closes the parent run. Raises PointsFailedError afterwards
+    when any point failed."""
+    from tasks import steps, tracking
+
+    run = sweep_run(dag_id, run_id)
+    plan_file = run.root / "sweep.json"
+    if not plan_file.exists():
+        raise Error(f"No plan in {run.root}: the plan task failed, so there is nothing to compare.")
+    record = atomic.read_json(plan_file)
+    rows = [point_result(p, run.root, dag_id=dag_id) for p in record["points"]]
+    champion = best_row(rows)
+    out = run.root / "comparison"
+    written = write_tables(rows, record["grid_fields"], out, champion=champion)
+    written += render_plots(rows, record["grid_fields"], out, title=record["sweep"], champion=champion)
+    for path in written:
+        tracking.log_artifact(run, path, "comparison")
+    failed = [r for r in rows if r["status"] != "succeeded"]
+    for row in failed:  # a point killed outright never reached its failure callback
+        steps.mark_failed(dag_id, row["run_id"])
+    tags = {"fedflow.points_succeeded": str(len(rows) - len(failed)), "fedflow.points_failed": str(len(failed))}
+    if champion is not None:
+        tags.update(set_champion(champion))
+        tracking.client().log_metric(tracking.run_id(run), "best_final_test_accuracy", champion["final_test_accuracy"])
+    tracking.set_tags(run, tags)
+    tracking.finish_run(run, status="FAILED" if failed else "FINISHED")
+    result = {"points": len(rows), "failed": len(failed), "table": str(out / "comparison.csv"),
+              "champion": None if champion is None else {k: champion[k] for k in ("point", "label", "version")}}
+    if failed:
+        raise PointsFailedError(f"{len(failed)} of {len(rows)} grid points failed (the comparison of the others is "
+                                f"logged): " + "; ".join(f"{r['point']} ({r['label']}): {r['error']}" for r in failed))
+    return result
+
+
+def point_result(point: Mapping[str, Any], sweep_dir: Path, *, dag_id: str) -> dict[str, Any]:
+    """One row of the comparison: the point's grid values, its status and its final results."""
+    from tasks import metrics_log
+
+    run = RunPaths.for_run(dag_id, point["run_id"])
+    outcome_file = Path(sweep_dir) / "points" / f"p{point['index']:02d}.json"
+    outcome = atomic.read_json(outcome_file) if outcome_file.exists() else {
+        "status": "failed", "error": "no result: the task did not finish (killed, timed out or never started)"}
+    row = {"point": f"p{point['index']:02d}", "label": point["label"], "run_id": point["run_id"], **point["grid"],
+           "status": outcome["status"], "error": outcome.get("error", ""), "mlflow_run_id": "",
+           "registered_model_name": "", "version": "", **dict.fromkeys(RESULT_COLUMNS)}
+    if run.mlflow_run.exists():
+        row["mlflow_run_id"] = atomic.read_json(run.mlflow_run)["run_id"]
+    if outcome["status"] != "succeeded":
+        return row
+    final = atomic.read_json(run.final)
+    row.update(final_test_accuracy=final["test_accuracy"], final_test_loss=final["test_loss"],
+               registered_model_name=outcome["registered_model_name"], version=str(outcome["version"]))
+    for metrics in metrics_log.read_rows(run.metrics):
+        row.update({k: metrics[k] for k in RESULT_COLUMNS[2:] if k in metrics})
+    return row
+
+
+def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The succeeded point with the highest final test accuracy (the first in grid order on a tie)."""
+    done = [r for r in rows if r["status"] == "succeeded"]
+    return max(done, key=lambda r: r["final_test_accuracy"]) if done else None
+
+
+def set_champion(row: Mapping[str, Any]) -> dict[str, str]:
+    """Points the alias ``champion`` at the model version the point registered; returns the parent's
+    tags naming it."""
+    from tasks import tracking
+
+    c = tracking.client()
+    c.set_registered_model_alias(row["registered_model_name"], CHAMPION_ALIAS, row["version"])
+    c.set_tag(row["mlflow_run_id"], "fedflow.champion", "true")
+    return {"fedflow.champion_point": row["point"], "fedflow.champion_params": row["label"],
+            "fedflow.champion_run_id": row["mlflow_run_id"], "fedflow.champion_model_version": row["version"],
+            "fedflow.champion_model_uri": f"models:/{row['registered_model_name']}@{CHAMPION_ALIAS}",
+            "fedflow.champion_test_accuracy": f"{row['final_test_accuracy']:.4f}"}
+
+
+# -- the comparison's files ---------------------------------------------------------------------------
+
+def table_columns(grid_names: Sequence[str]) -> list[str]:
+    return ["point", "status", *grid_names, *RESULT_COLUMNS, "champion", "registered_model_name", "version",
+            "mlflow_run_id", "error"]
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], grid_names: Sequence[str], out_dir: Path, *,
+                 champion: Mapping[str, Any] | None) -> list[Path]:
+    """``comparison.csv`` (raw values), ``comparison.md`` and ``comparison.html`` (rounded; the champion
+    marked). Returns their paths."""
+    columns = table_columns(grid_names)
+    records = [{**r, "champion": "yes" if champion is not None and r["point"] == champion["point"] else ""}
+               for r in rows]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: "" if r.get(c) is None else r.get(c) for c in columns} for r in records)
+    shown = [[_cell(r.get(c), rounded=c in RESULT_COLUMNS) for c in columns] for r in records]
+    markdown = "\n".join(["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
+                          *("| " + " | ".join(s.replace("|", "\\|") for s in row) + " |" for row in shown)])
+    body = "".join("<tr{}>{}</tr>".format(' class="champion"' if r["champion"] else "",
+                                           "".join(f"<td>{html.escape(s)}</td>" for s in row))
+                   for r, row in zip(records, shown, strict=True))
+    page = ("<!doctype html><meta charset=utf-8><style>table{border-collapse:collapse;font:13px sans-serif}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.champion{font-weight:bold;"
+            "background:#fff6d5}</style><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+            + f"</tr>{body}</table>\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("comparison.csv", buffer.getvalue()), ("comparison.md", markdown + "\n"),
+                       ("comparison.html", page)):
+        atomic.write_bytes(out_dir / name, text.encode())
+        written.append(out_dir / name)
+    return written
+
+
+def _cell(value: Any, *, rounded: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and rounded:
+        return "∞" if math.isinf(value) else f"{value:.4g}"
+    return str(value)  # grid values as the file wrote them
+
+
+def render_plots(rows: Sequence[Mapping[str, Any]], grid_names: Sequence[str], out_dir: Path, *, title: str,
+                 champion: Mapping[str, Any] | None) -> list[Path]:
+    """``accuracy_vs_epsilon.png`` (one line per setting of the other grid fields, e.g. per compression
+    setting; points without noise, ε = ∞, as dashed horizontal lines) and ``accuracy_vs_bits.png``
+    (bits per parameter; one line per setting of the non-compression fields, e.g. per noise multiplier).
+    A plot is drawn when some succeeded point has its x value. Returns the paths written."""
+    done = [r for r in rows if r["status"] == "succeeded"]
+    specs = (("accuracy_vs_epsilon.png", "epsilon", "final ε at δ (RDP)", _NOISE_FIELDS),
+             ("accuracy_vs_bits.png", "bits_per_parameter", "bits sent per parameter", _COMPRESSION_FIELDS))
+    written = []
+    for name, x_key, x_label, x_fields in specs:
+        if not any(r[x_key] is not None for r in done):
+            continue
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for r in done:
+            label = point_label({k: r[k] for k in grid_names if k not in x_fields}) or "all points"
+            groups.setdefault(label, []).append(r)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _plot(groups, x_key, x_label, out_dir / name, title=f"{title}: test accuracy vs {x_label}", champion=champion)
+        written.append(out_dir / name)
+    return written
+
+
+def _plot(groups: Mapping[str, Sequence[Mapping[str, Any]]], x_key: str, x_label: str, path: Path, *, title: str,
+          champion: Mapping[str, Any] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=100)
+    finite_x = []
+    for i, (label, rows) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        points = sorted((r[x_key], r["final_test_accuracy"]) for r in rows
+                        if r[x_key] is not None and math.isfinite(r[x_key]))
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=color, label=label)
+            finite_x += [x for x, _ in points]
+        for r in rows:  # no ε (no DP) or ε = ∞ (no noise): a reference level, not a point on the axis
+            if r[x_key] is None or not math.isfinite(r[x_key]):
+                what = "no DP" if r[x_key] is None else "no noise"
+                ax.axhline(r["final_test_accuracy"], color=color, linestyle="--", linewidth=1,
+                           label=f"{label}, {r['point']}: {what} (ε = ∞)")
+    if champion is not None and champion[x_key] is not None and math.isfinite(champion[x_key]):
+        ax.plot([champion[x_key]], [champion["final_test_accuracy"]], marker="*", markersize=16, color="gold",
+                markeredgecolor="black", linestyle="none", label=f"champion {champion['point']}")
+    if finite_x and min(finite_x) > 0 and max(finite_x) / min(finite_x) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
