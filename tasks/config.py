@@ -443,6 +443,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     meta = f.metadata
     kind = _python_type(f)
     name = f.name
+    if value is None and f.default == "":  # an optional text field the trigger form left empty
+        return ""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
@@ -480,6 +482,9 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     """JSON-schema of every field with its default: the input to the DAG's ``Param`` objects."""
     schemas = {}
     for f in dataclasses.fields(ExperimentConfig):
-        schema = {"type": _JSON_TYPES[_python_type(f)], **f.metadata}
+        json_type = _JSON_TYPES[_python_type(f)]
+        # Optional text ("" = not set) must also accept null: Airflow's trigger form treats an empty
+        # field of a non-nullable type as required and keeps the Trigger button disabled.
+        schema = {"type": [json_type, "null"] if f.default == "" else json_type, **f.metadata}
         schemas[f.name] = {"default": f.default, **schema}
     return schemas

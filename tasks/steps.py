@@ -96,7 +96,7 @@ def stage(handle: Mapping[str, str]) -> dict[str, Any]:
              {name: (s["num_clients"], s["num_examples"]) for name, s in splits.items()})
     return {"path": str(staged.path), "fingerprint": staged.fingerprint, "reused": staged.reused,
             "kind": staged.manifest.kind, "clients": len(train["clients"]), "train_examples": train["num_examples"],
-            "asset_uri": staging.asset_uri(cfg)}
+            "asset_uri": staging.asset_uri(cfg), "worker": worker_role()}
 
 
 def validate(handle: Mapping[str, str], *, training: bool = True) -> dict[str, Any]:
@@ -213,6 +213,7 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
         "headline": result,
         **{k: model[k] for k in ("registered_model_name", "version", "model_uri")},
         "run_dir": str(run.root),
+        "worker": worker_role(),
     }
     atomic.write_json(run.summary, summary)
     log.info("Result: %s", result)

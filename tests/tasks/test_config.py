@@ -35,7 +35,7 @@ def test_every_field_has_a_schema_with_title_description_section_and_a_valid_def
 
     assert set(schemas) == {f.name for f in dataclasses.fields(ExperimentConfig)}
     for name, schema in schemas.items():
-        assert schema["type"] in {"integer", "number", "string", "boolean"}, name
+        assert schema["type"] in ("integer", "number", "string", "boolean", ["string", "null"]), name
         assert schema["title"] and schema["description"] and schema["section"], name
         jsonschema.validate(schema["default"], schema)
         assert getattr(ExperimentConfig(), name) == schema["default"]
@@ -195,3 +195,16 @@ def test_data_settings_alone_reproduce_the_staging_settings():
     trained = ExperimentConfig.from_mapping({**staged.data_settings(), "clients_per_round": 2})
     assert staging_settings(trained, None) == staging_settings(staged, None)
     assert "rounds" not in staged.data_settings() and staged.data_settings()["seed"] == 7
+
+
+def test_optional_text_fields_accept_null_from_the_trigger_form_as_not_set():
+    schemas = param_schemas()
+    optional = [name for name, schema in schemas.items() if schema["default"] == ""]
+    assert "source_path" in optional and "custom_aggregator" in optional
+    for name in optional:
+        assert schemas[name]["type"] == ["string", "null"], name
+        jsonschema.validate(None, {k: v for k, v in schemas[name].items() if k not in ("section", "default")})
+        assert getattr(ExperimentConfig.from_mapping({name: None}), name) == ""
+    assert schemas["rounds"]["type"] == "integer"  # required fields stay non-nullable
+    with pytest.raises(ConfigError, match="rounds must be of type integer"):
+        ExperimentConfig.from_mapping({"rounds": None})
