@@ -91,13 +91,25 @@ def _announced_data_settings(ctx) -> dict:
     return dict(newest.extra["data_config"])
 
 
+def with_announced_data(params: dict, announced: dict) -> dict:
+    """The run's params with the data settings of the asset event that triggered it (train on exactly
+    the announced data). The default ``clients_per_round`` shrinks to fit a smaller announced data set
+    rather than fail the scheduled run."""
+    if not announced:
+        return dict(params)
+    merged = {**params, **announced}
+    if merged.get("clients_per_round", 0) > merged.get("num_clients", 0) > 0:
+        merged["clients_per_round"] = merged["num_clients"]
+    return merged
+
+
 def resolve_task(*, training: bool):
     @task(task_id="resolve_config", execution_timeout=timedelta(minutes=5))
     def resolve_config() -> dict:
         from tasks import steps
 
         ctx = get_current_context()
-        params = {**ctx["params"], **_announced_data_settings(ctx)}  # train on exactly the announced data
+        params = with_announced_data(ctx["params"], _announced_data_settings(ctx))
         try:
             return steps.resolve(params, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"], training=training,
                                  tags={"airflow.task_id": ctx["ti"].task_id,

@@ -137,3 +137,12 @@ def test_a_run_triggered_by_new_data_trains_on_the_newest_announced_settings():
     assert _announced_data_settings({"triggering_asset_events": events}) == {"num_clients": 20}
     assert _announced_data_settings({"triggering_asset_events": {}}) == {}
     assert _announced_data_settings({}) == {}
+
+
+def test_announced_data_settings_override_the_params_and_shrink_clients_per_round_to_fit():
+    from dags._fedflow_common import with_announced_data
+
+    params = {"num_clients": 20, "clients_per_round": 10, "rounds": 40}
+    assert with_announced_data(params, {}) == params
+    assert with_announced_data(params, {"num_clients": 6}) == {"num_clients": 6, "clients_per_round": 6, "rounds": 40}
+    assert with_announced_data(params, {"num_clients": 30})["clients_per_round"] == 10
