@@ -1,0 +1,128 @@
+"""The comparison of a sweep's grid points: tables (CSV, Markdown, HTML) and plots of test accuracy
+vs ε and vs bits per parameter. Plain Python; matplotlib is imported by the function that draws.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks import atomic
+
+# Result columns of the comparison, from final.json and the last metrics.jsonl row that has each.
+RESULT_COLUMNS = ("final_test_accuracy", "final_test_loss", "epsilon", "epsilon_pld", "delta", "bits_per_parameter",
+                  "compression_ratio")
+# Grid fields that move a point along the x axis of a plot (so they do not split it into lines).
+_COMPRESSION_FIELDS = {"compress", "compression_bits", "compression_threshold"}
+_NOISE_FIELDS = {"noise_multiplier"}
+
+
+def point_label(grid_values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in grid_values.items())
+
+
+def table_columns(grid_names: Sequence[str]) -> list[str]:
+    return ["point", "status", *grid_names, *RESULT_COLUMNS, "champion", "registered_model_name", "version",
+            "mlflow_run_id", "error"]
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], grid_names: Sequence[str], out_dir: Path, *,
+                 champion: Mapping[str, Any] | None) -> list[Path]:
+    """``comparison.csv`` (raw values), ``comparison.md`` and ``comparison.html`` (rounded; the champion
+    marked). Returns their paths."""
+    columns = table_columns(grid_names)
+    records = [{**r, "champion": "yes" if champion is not None and r["point"] == champion["point"] else ""}
+               for r in rows]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: "" if r.get(c) is None else r.get(c) for c in columns} for r in records)
+    shown = [[_cell(r.get(c), rounded=c in RESULT_COLUMNS) for c in columns] for r in records]
+    markdown = "\n".join(["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
+                          *("| " + " | ".join(s.replace("|", "\\|") for s in row) + " |" for row in shown)])
+    body = "".join("<tr{}>{}</tr>".format(' class="champion"' if r["champion"] else "",
+                                           "".join(f"<td>{html.escape(s)}</td>" for s in row))
+                   for r, row in zip(records, shown, strict=True))
+    page = ("<!doctype html><meta charset=utf-8><style>table{border-collapse:collapse;font:13px sans-serif}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.champion{font-weight:bold;"
+            "background:#fff6d5}</style><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+            + f"</tr>{body}</table>\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("comparison.csv", buffer.getvalue()), ("comparison.md", markdown + "\n"),
+                       ("comparison.html", page)):
+        atomic.write_bytes(out_dir / name, text.encode())
+        written.append(out_dir / name)
+    return written
+
+
+def _cell(value: Any, *, rounded: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and rounded:
+        return "∞" if math.isinf(value) else f"{value:.4g}"
+    return str(value)  # grid values as the file wrote them
+
+
+def render_plots(rows: Sequence[Mapping[str, Any]], grid_names: Sequence[str], out_dir: Path, *, title: str,
+                 champion: Mapping[str, Any] | None) -> list[Path]:
+    """``accuracy_vs_epsilon.png`` (one line per setting of the other grid fields, e.g. per compression
+    setting; points without noise, ε = ∞, as dashed horizontal lines) and ``accuracy_vs_bits.png``
+    (bits per parameter; one line per setting of the non-compression fields, e.g. per noise multiplier).
+    A plot is drawn when some succeeded point has its x value. Returns the paths written."""
+    done = [r for r in rows if r["status"] == "succeeded"]
+    specs = (("accuracy_vs_epsilon.png", "epsilon", "final ε at δ (RDP)", _NOISE_FIELDS),
+             ("accuracy_vs_bits.png", "bits_per_parameter", "bits sent per parameter", _COMPRESSION_FIELDS))
+    written = []
+    for name, x_key, x_label, x_fields in specs:
+        if not any(r[x_key] is not None for r in done):
+            continue
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for r in done:
+            label = point_label({k: r[k] for k in grid_names if k not in x_fields}) or "all points"
+            groups.setdefault(label, []).append(r)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _plot(groups, x_key, x_label, out_dir / name, title=f"{title}: test accuracy vs {x_label}", champion=champion)
+        written.append(out_dir / name)
+    return written
+
+
+def _plot(groups: Mapping[str, Sequence[Mapping[str, Any]]], x_key: str, x_label: str, path: Path, *, title: str,
+          champion: Mapping[str, Any] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=100)
+    finite_x = []
+    for i, (label, rows) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        points = sorted((r[x_key], r["final_test_accuracy"]) for r in rows
+                        if r[x_key] is not None and math.isfinite(r[x_key]))
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=color, label=label)
+            finite_x += [x for x, _ in points]
+        for r in rows:  # no ε (no DP) or ε = ∞ (no noise): a reference level, not a point on the axis
+            if r[x_key] is None or not math.isfinite(r[x_key]):
+                what = "no DP" if r[x_key] is None else "no noise"
+                ax.axhline(r["final_test_accuracy"], color=color, linestyle="--", linewidth=1,
+                           label=f"{label}, {r['point']}: {what} (ε = ∞)")
+    if champion is not None and champion[x_key] is not None and math.isfinite(champion[x_key]):
+        ax.plot([champion[x_key]], [champion["final_test_accuracy"]], marker="*", markersize=16, color="gold",
+                markeredgecolor="black", linestyle="none", label=f"champion {champion['point']}")
+    if finite_x and min(finite_x) > 0 and max(finite_x) / min(finite_x) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
