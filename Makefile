@@ -9,7 +9,7 @@ DEMO_CONF ?= {}
 DATASET ?= digits
 STAGE_CONF ?= {"dataset": "$(DATASET)"}
 
-.PHONY: help envs browser demo stage data test bench bench-data lint airflow-ui mlflow-ui lock clean
+.PHONY: help envs browser demo stage data test bench bench-data lint airflow-ui mlflow-ui lock clean up down status trigger
 
 help:
 	@echo "make demo        build both environments, stage, validate, train and register (embedded Airflow + MLflow)"
@@ -20,6 +20,12 @@ help:
 	@echo "make bench-data  staging throughput, one-client reads vs h5, staging memory, Parquet layouts (bench/)"
 	@echo "make airflow-ui  Airflow (standalone) on http://127.0.0.1:8080"
 	@echo "make mlflow-ui   MLflow UI on http://127.0.0.1:5000"
+	@echo "make up          start MLflow (:5000) and Airflow's api-server (:8080), scheduler, dag-processor, triggerer"
+	@echo "                 in the background (AIRFLOW_PORT=, MLFLOW_PORT= to move them; logs in .airflow/logs/servers/)"
+	@echo "make down        stop exactly what 'make up' started; 'make status' lists it"
+	@echo "make up-celery   the docker-compose topology without Docker: Postgres, Redis, Airflow on CeleryExecutor"
+	@echo "                 with a default and a gpu Celery worker, MLflow on Postgres (make down stops it)"
+	@echo "make trigger     trigger a run through the REST API and wait: DAG=federated_training CONF='{json}'"
 	@echo "make lock        re-resolve requirements/*.lock from requirements/*.in"
 	@echo "make clean       remove staged data, runs, mlruns/ and .airflow/ (keeps the environments)"
 
@@ -72,7 +78,17 @@ browser:
 	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "make browser: $(CHROMIUM) is missing. Fix: install Debian's 'chromium' package (apt-get install chromium) or set CHROMIUM=/path/to/chromium." >&2; exit 1; fi; }
 
-test: envs browser
+# Debian's PostgreSQL and Redis for the Celery topology (`make up-celery`, tests/deploy). Their own default
+# cluster/instance (which the packages may start) is neither needed nor touched: fedflow runs its own.
+topology-deps:
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; } && command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 postgresql redis-server >/dev/null; \
+	  elif command -v sudo >/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 postgresql redis-server >/dev/null; \
+	  else echo "make topology-deps: PostgreSQL (initdb) or redis-server is missing. Fix: install Debian's 'postgresql' and 'redis-server' packages (apt-get install postgresql redis-server)." >&2; exit 1; fi; }
+
+test: envs browser topology-deps
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports
 	PYTHONPATH=$(ROOT) .venv/bin/pytest
@@ -100,6 +116,36 @@ mlflow-ui: envs
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(ROOT)/mlruns/mlflow.db \
 	  --default-artifact-root file://$(ROOT)/mlruns/artifacts --host 127.0.0.1 --port 5000 --workers 1
 
+# The servers, in the background: `make up`, `make trigger CONF='{"rounds": 10}'`, `make down`.
+AIRFLOW_PORT ?=
+MLFLOW_PORT ?=
+DAG ?= federated_training
+CONF ?= {}
+up: envs
+	@PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers up $(if $(AIRFLOW_PORT),--airflow-port $(AIRFLOW_PORT)) \
+	  $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT))
+
+down:
+	@PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers down
+
+status:
+	@PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers status
+
+# The distributed topology of docker-compose.yml on this machine, without Docker (tasks/topology.py):
+# PostgreSQL, Redis, Airflow on CeleryExecutor with a default and a gpu-queue worker, MLflow on PostgreSQL.
+# `make down` stops it. POSTGRES_PORT= (5433), REDIS_PORT= (6380), GPU_CONCURRENCY= (1) as well.
+.PHONY: up-celery topology-deps
+POSTGRES_PORT ?=
+REDIS_PORT ?=
+GPU_CONCURRENCY ?=
+up-celery: envs topology-deps
+	@PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers up --celery $(if $(AIRFLOW_PORT),--airflow-port $(AIRFLOW_PORT)) \
+	  $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(POSTGRES_PORT),--postgres-port $(POSTGRES_PORT)) \
+	  $(if $(REDIS_PORT),--redis-port $(REDIS_PORT)) $(if $(GPU_CONCURRENCY),--gpu-concurrency $(GPU_CONCURRENCY))
+
+trigger: .venv/.fedflow-stamp
+	@PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.trigger $(DAG) --conf '$(CONF)' --wait
+
 lock: | $(UV)
 	$(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
 	  --override requirements/airflow-overrides.txt requirements/airflow.in -o requirements/airflow.lock
@@ -107,4 +153,5 @@ lock: | $(UV)
 	  --override requirements/tff-overrides.txt requirements/tff.in -o requirements/tff.lock
 
 clean:
+	@[ ! -x .venv/bin/python ] || PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers down  # servers first: their state is in .airflow/
 	rm -rf data/staged data/runs data/demo.log mlruns .airflow

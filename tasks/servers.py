@@ -11,7 +11,12 @@ each in a session of its own with its output in ``$AIRFLOW_HOME/logs/servers/<na
 never a pipe: TFF's worker_binary inherits it), and records them in ``$AIRFLOW_HOME/servers.json``
 (PID, process start time, command, port). ``down`` stops exactly those processes and their
 descendants — by PID *and* start time, so a reused PID is never signalled — SIGTERM to each process
-group, SIGKILL after ``GRACE_SECONDS`` (the scheduler sometimes ignores SIGTERM).
+group, SIGKILL after ``GRACE_SECONDS`` (the scheduler sometimes ignores SIGTERM); what the others use
+(Postgres, Redis) is stopped after them.
+
+``up --celery`` (``make up-celery``, ``FEDFLOW_TOPOLOGY=celery``) starts the distributed topology of
+docker-compose.yml on this machine instead: PostgreSQL and Redis on loopback, Airflow on CeleryExecutor
+with a default-queue and a ``gpu``-queue Celery worker, MLflow on Postgres (``tasks/topology.py``).
 
 The Airflow components share one JWT secret (kept in ``$AIRFLOW_HOME``), reach the execution API at the
 api-server, and log to the MLflow server over HTTP (``MLFLOW_TRACKING_URI``). Standard library and
@@ -44,10 +49,17 @@ from tasks import paths
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_AIRFLOW_PORT = 8080
 DEFAULT_MLFLOW_PORT = 5000
+LOCAL, CELERY = "local", "celery"  # the topologies
+DEFAULT_POSTGRES_PORT = 5433  # not 5432: leave a system PostgreSQL alone
+DEFAULT_REDIS_PORT = 6380
+DEFAULT_GPU_CONCURRENCY = 1  # tasks at once on the gpu-queue worker (the `gpu` pool limits chunks anyway)
 GRACE_SECONDS = 12.0
 START_TIMEOUT_S = 180.0
 ADMIN_USER = "admin"  # scripts/airflow: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
 LOG_TAIL_LINES = 30
+# Left beside scripts/airflow's `.fedflow-initialised` when `up --celery` created that marker: the SQLite
+# database that `up` (local) uses has not been initialised.
+CELERY_ONLY_MARKER = ".fedflow-initialised-postgres-only"
 
 
 class Error(Exception):
@@ -75,16 +87,29 @@ class Settings:
     mlflow_port: int
     airflow_home: Path
     mlruns: Path
+    topology: str = LOCAL
+    postgres_port: int = DEFAULT_POSTGRES_PORT  # the Celery topology's services, always on 127.0.0.1
+    redis_port: int = DEFAULT_REDIS_PORT
+    gpu_concurrency: int = DEFAULT_GPU_CONCURRENCY
 
     @classmethod
     def from_env(cls, host: str | None = None, airflow_port: int | None = None,
-                 mlflow_port: int | None = None) -> Settings:
+                 mlflow_port: int | None = None, *, topology: str | None = None, postgres_port: int | None = None,
+                 redis_port: int | None = None, gpu_concurrency: int | None = None) -> Settings:
+        topology = topology or os.environ.get("FEDFLOW_TOPOLOGY") or LOCAL
+        if topology not in (LOCAL, CELERY):
+            raise Error(f"Unknown topology {topology!r}. Fix: set FEDFLOW_TOPOLOGY to {LOCAL!r} or {CELERY!r}.")
         return cls(
             host=host or os.environ.get("FEDFLOW_SERVERS_HOST") or DEFAULT_HOST,
             airflow_port=int(airflow_port or os.environ.get("FEDFLOW_AIRFLOW_PORT") or DEFAULT_AIRFLOW_PORT),
             mlflow_port=int(mlflow_port or os.environ.get("FEDFLOW_MLFLOW_PORT") or DEFAULT_MLFLOW_PORT),
             airflow_home=airflow_home(),
             mlruns=paths.mlruns_dir(),
+            topology=topology,
+            postgres_port=int(postgres_port or os.environ.get("FEDFLOW_POSTGRES_PORT") or DEFAULT_POSTGRES_PORT),
+            redis_port=int(redis_port or os.environ.get("FEDFLOW_REDIS_PORT") or DEFAULT_REDIS_PORT),
+            gpu_concurrency=int(gpu_concurrency or os.environ.get("FEDFLOW_GPU_CONCURRENCY")
+                                or DEFAULT_GPU_CONCURRENCY),
         )
 
     @property
@@ -118,6 +143,11 @@ class Component:
     name: str
     argv: list[str]
     port: int | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # added to the environment it is started with
+    user: str | None = None  # started as this user (as root only: PostgreSQL refuses to run as root)
+    cwd: Path | None = None
+    stop_signal: str = "SIGTERM"  # the first signal of `down` (PostgreSQL: SIGINT, a fast shutdown)
+    stop_last: bool = False  # stopped after every other component (what they use: Postgres, Redis)
 
 
 def airflow_home() -> Path:
@@ -130,7 +160,11 @@ def state_file(home: Path) -> Path:
 
 
 def components(s: Settings) -> list[Component]:
-    """What ``up`` starts, in start order (MLflow first: the Airflow tasks log to it)."""
+    """What ``up`` starts after any services, in start order (MLflow first: the Airflow tasks log to it)."""
+    if s.topology == CELERY:
+        from tasks import topology
+
+        return topology.components(s)
     mlflow = paths.PROJECT_ROOT / ".venv" / "bin" / "mlflow"
     airflow = str(paths.PROJECT_ROOT / "scripts" / "airflow")
     return [
@@ -178,6 +212,10 @@ def airflow_env(s: Settings) -> dict[str, str]:
         "FEDFLOW_MLFLOW_UI": s.mlflow_url,
         "PYTHONUNBUFFERED": "1",
     })
+    if s.topology == CELERY:
+        from tasks import topology
+
+        env.update(topology.airflow_settings(s))
     env.setdefault("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "2")  # LocalExecutor pre-forks this many workers
     return env
@@ -202,17 +240,30 @@ def up(s: Settings, *, timeout_s: float = START_TIMEOUT_S, out=sys.stdout) -> li
     for exe in (paths.PROJECT_ROOT / ".venv" / "bin" / "mlflow", paths.PROJECT_ROOT / ".venv" / "bin" / "airflow"):
         if not exe.exists():
             raise StartError(f"{exe} is missing. Fix: run `make envs`.")
+    if s.topology == CELERY:
+        from tasks import topology
+
+        topology.check(s)
 
     s.log_dir.mkdir(parents=True, exist_ok=True)
     s.mlruns.mkdir(parents=True, exist_ok=True)
     env = airflow_env(s)
     started = time.monotonic()
-    _initialise_airflow_home(s, env)
     records: list[dict] = []
+
+    def start(c: Component, component_env: dict[str, str]) -> dict:
+        records.append(_start(c, s, {**component_env, **c.env}))
+        _write_state(s.airflow_home, records)  # after every start: `down` finds even a half-done `up`
+        return records[-1]
+
     try:
+        if s.topology == CELERY:
+            topology.start_services(s, start)  # Postgres and Redis, ready, with the databases and users
+            topology.initialise_airflow_db(s, env)
+        else:
+            _initialise_airflow_home(s, env)
         for c in components(s):
-            records.append(_start(c, s, mlflow_env() if c.name == "mlflow" else env))
-            _write_state(s.airflow_home, records)  # after every start: `down` finds even a half-done `up`
+            start(c, mlflow_env() if c.name == "mlflow" else env)
         _wait_healthy(s, records, timeout_s)
     except BaseException:
         down(s.airflow_home, quiet=True)
@@ -220,7 +271,8 @@ def up(s: Settings, *, timeout_s: float = START_TIMEOUT_S, out=sys.stdout) -> li
     print(f"fedflow servers are up ({time.monotonic() - started:.0f} s):\n"
           f"  Airflow  {s.airflow_url}   user {ADMIN_USER}, password in {s.password_file}\n"
           f"  MLflow   {s.mlflow_url}\n"
-          f"  logs     {s.log_dir}/\n"
+          + (topology.summary(s) if s.topology == CELERY else "")
+          + f"  logs     {s.log_dir}/\n"
           f"  trigger  make trigger DAG=federated_training CONF='{{\"rounds\": 10}}'\n"
           f"  stop     make down", file=out)
     return records
@@ -234,42 +286,14 @@ def down(home: Path | None = None, *, quiet: bool = False, out=sys.stdout) -> li
         if not quiet:
             print(f"No fedflow servers recorded in {state_file(home)}.", file=out)
         return []
-    procs: dict[int, psutil.Process] = {}
-    leaders: list[psutil.Process] = []
-    groups: list[int] = []
     stopped: list[str] = []
-    for r in records:
-        members = _owned_processes(r)
-        if members:
-            stopped.append(r["name"])
-            groups.append(r["pid"])
-        if (leader := _leader(r)) is not None:
-            leaders.append(leader)
-        for p in members:
-            procs[p.pid] = p
-    # 1. SIGTERM to each component alone: it stops its own children in order (the LocalExecutor's
-    #    workers, uvicorn's). 2. SIGTERM to everything left (the scheduler waits for running tasks
-    #    until signalled again; a task then stops its TFF trainer). 3. SIGKILL to whatever still runs.
     killed: list[str] = []
-    for step, wait_s in (("leaders", GRACE_SECONDS), ("all", 5.0), ("kill", 5.0)):
-        _add_descendants(procs)
-        if step == "leaders":
-            targets = leaders
-        else:
-            targets = _alive(procs.values())
-            if step == "kill":
-                killed = [_describe(p) for p in targets]
-        sig = signal.SIGKILL if step == "kill" else signal.SIGTERM
-        if step != "leaders":  # a group that still has a member of ours cannot have been reused
-            for pgid in set(groups) & _pgids(targets):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, sig)
-        for p in targets:  # psutil refuses a process whose start time changed (a reused PID)
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(sig)
-        # The first step waits for the components only: an orphan they leave goes on to step 2 at once.
-        if _wait_gone(leaders if step == "leaders" else procs.values(), wait_s) and not _alive(procs.values()):
-            break
+    # What the others use (Postgres, Redis) goes last: a database stopped under its clients fails their shutdown.
+    for wave in ([r for r in records if not r.get("stop_last")], [r for r in records if r.get("stop_last")]):
+        if wave:
+            wave_stopped, wave_killed = _stop(wave)
+            stopped += wave_stopped
+            killed += wave_killed
     state_file(home).unlink(missing_ok=True)
     if not quiet:
         for r in records:
@@ -278,6 +302,47 @@ def down(home: Path | None = None, *, quiet: bool = False, out=sys.stdout) -> li
         if killed:
             print(f"  killed (no exit on SIGTERM): {', '.join(killed)}", file=out)
     return stopped
+
+
+def _stop(records: list[dict]) -> tuple[list[str], list[str]]:
+    """Stops the recorded components and everything they started; returns (names stopped, processes killed)."""
+    procs: dict[int, psutil.Process] = {}
+    leaders: list[tuple[psutil.Process, signal.Signals]] = []
+    groups: list[int] = []
+    stopped: list[str] = []
+    for r in records:
+        members = _owned_processes(r)
+        if members:
+            stopped.append(r["name"])
+            groups.append(r["pid"])
+        if (leader := _leader(r)) is not None:
+            leaders.append((leader, signal.Signals[r.get("stop_signal") or "SIGTERM"]))
+        for p in members:
+            procs[p.pid] = p
+    # 1. SIGTERM (PostgreSQL: SIGINT) to each component alone: it stops its own children in order (the
+    #    LocalExecutor's workers, uvicorn's, Celery's pool). 2. SIGTERM to everything left (the scheduler waits for running tasks
+    #    until signalled again; a task then stops its TFF trainer). 3. SIGKILL to whatever still runs.
+    killed: list[str] = []
+    for step, wait_s in (("leaders", GRACE_SECONDS), ("all", 5.0), ("kill", 5.0)):
+        _add_descendants(procs)
+        if step == "leaders":
+            targets = leaders
+        else:
+            targets = [(p, signal.SIGKILL if step == "kill" else signal.SIGTERM) for p in _alive(procs.values())]
+            if step == "kill":
+                killed = [_describe(p) for p, _ in targets]
+            # a group that still has a member of ours cannot have been reused
+            for pgid in set(groups) & _pgids(p for p, _ in targets):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, targets[0][1])
+        for p, sig in targets:  # psutil refuses a process whose start time changed (a reused PID)
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        # The first step waits for the components only: an orphan they leave goes on to step 2 at once.
+        if (_wait_gone([p for p, _ in leaders] if step == "leaders" else procs.values(), wait_s)
+                and not _alive(procs.values())):
+            break
+    return stopped, killed
 
 
 def status(home: Path | None = None) -> list[dict]:
@@ -329,8 +394,12 @@ def _secret(path: Path) -> str:
 def _initialise_airflow_home(s: Settings, env: dict[str, str]) -> None:
     """scripts/airflow migrates the DB and creates the `gpu` pool on first use; do it once, before four
     components would race to do it at the same time."""
-    if (s.airflow_home / ".fedflow-initialised").exists():
+    marker, celery_only = s.airflow_home / ".fedflow-initialised", s.airflow_home / CELERY_ONLY_MARKER
+    if marker.exists() and not celery_only.exists():
         return
+    # `up --celery` initialised this AIRFLOW_HOME's Postgres database, not the SQLite one used here.
+    marker.unlink(missing_ok=True)
+    celery_only.unlink(missing_ok=True)
     log = s.log_dir / "init.log"
     with open(log, "w") as f:
         done = subprocess.run([str(paths.PROJECT_ROOT / "scripts" / "airflow"), "version"], env=env,
@@ -341,15 +410,19 @@ def _initialise_airflow_home(s: Settings, env: dict[str, str]) -> None:
 
 def _start(c: Component, s: Settings, env: dict[str, str]) -> dict:
     log = s.log_dir / f"{c.name}.log"
+    as_user = {"user": c.user, "group": c.user, "extra_groups": []} if c.user else {}
     with open(log, "wb") as out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(c.argv, stdin=devnull, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=paths.PROJECT_ROOT, env=env)
+                                start_new_session=True, cwd=c.cwd or paths.PROJECT_ROOT, env=env, **as_user)
     try:
         started_at = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
         started_at = 0.0  # already gone: _wait_healthy reports it with its log
-    return {"name": c.name, "pid": proc.pid, "create_time": started_at, "port": c.port,
-            "command": c.argv, "log": str(log), "home": str(s.airflow_home)}
+    record = {"name": c.name, "pid": proc.pid, "create_time": started_at, "port": c.port,
+              "command": c.argv, "log": str(log), "home": str(s.airflow_home)}
+    if c.stop_signal != "SIGTERM" or c.stop_last:
+        record.update(stop_signal=c.stop_signal, stop_last=c.stop_last)
+    return record
 
 
 def _wait_healthy(s: Settings, records: list[dict], timeout_s: float) -> None:
@@ -362,6 +435,10 @@ def _wait_healthy(s: Settings, records: list[dict], timeout_s: float) -> None:
         mlflow_ok = _get(f"{s.mlflow_url}/health") is not None
         health = _get(f"{s.airflow_url}/api/v2/monitor/health")
         unhealthy = _unhealthy_airflow_parts(health)
+        if s.topology == CELERY and not unhealthy:
+            from tasks import topology
+
+            unhealthy = topology.workers_not_ready(records)
         if mlflow_ok and not unhealthy:
             return
         waiting_for = ", ".join([*([] if mlflow_ok else ["mlflow"]), *unhealthy])
@@ -509,6 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--host", help=f"bind address (FEDFLOW_SERVERS_HOST, default {DEFAULT_HOST})")
     start.add_argument("--airflow-port", type=int, help=f"FEDFLOW_AIRFLOW_PORT, default {DEFAULT_AIRFLOW_PORT}")
     start.add_argument("--mlflow-port", type=int, help=f"FEDFLOW_MLFLOW_PORT, default {DEFAULT_MLFLOW_PORT}")
+    start.add_argument("--celery", action="store_const", const=CELERY, dest="topology",
+                       help="the distributed topology: PostgreSQL, Redis, CeleryExecutor with a default-queue and "
+                            "a gpu-queue worker, MLflow on PostgreSQL (FEDFLOW_TOPOLOGY=celery)")
+    start.add_argument("--postgres-port", type=int,
+                       help=f"with --celery: FEDFLOW_POSTGRES_PORT, default {DEFAULT_POSTGRES_PORT}")
+    start.add_argument("--redis-port", type=int, help=f"with --celery: FEDFLOW_REDIS_PORT, default {DEFAULT_REDIS_PORT}")
+    start.add_argument("--gpu-concurrency", type=int,
+                       help=f"with --celery: tasks at once on the gpu-queue worker (FEDFLOW_GPU_CONCURRENCY, "
+                            f"default {DEFAULT_GPU_CONCURRENCY})")
     start.add_argument("--timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for health")
     sub.add_parser("down", help="stop what `up` started (and their children)")
     show = sub.add_parser("status", help="list the running components")
@@ -516,7 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up(Settings.from_env(args.host, args.airflow_port, args.mlflow_port), timeout_s=args.timeout)
+            up(Settings.from_env(args.host, args.airflow_port, args.mlflow_port, topology=args.topology,
+                                 postgres_port=args.postgres_port, redis_port=args.redis_port,
+                                 gpu_concurrency=args.gpu_concurrency), timeout_s=args.timeout)
         elif args.command == "down":
             down()
         else:
@@ -536,4 +624,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tasks import servers  # one module, not two: tasks.topology raises tasks.servers' errors
+
+    sys.exit(servers.main())

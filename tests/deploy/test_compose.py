@@ -102,6 +102,8 @@ def test_airflow_runs_on_celery_postgres_and_redis_with_one_shared_secret_set(co
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:"), name
         assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("@redis:6379/0"), name
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://"), name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-api-server:8080/execution/"
         assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > 24 * 3600  # > a chunk
