@@ -155,3 +155,8 @@ def test_a_missing_secret_stops_interpolation_naming_it():
     env = {k: v for k, v in env_example().items() if k != "AIRFLOW_JWT_SECRET"}
     with pytest.raises(ValueError, match="AIRFLOW_JWT_SECRET is unset: set it in .env"):
         interpolate((ROOT / "docker-compose.yml").read_text(), env)
+
+
+def test_the_image_never_copies_host_environments_secrets_or_data():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv/", ".venv-tff/", ".env", "data/", "mlruns/", ".airflow/"} <= ignored
