@@ -168,7 +168,7 @@ def test_training_tasks_carry_an_mlflow_run_link_to_the_runs_page(dag_run, airfl
     rows = airflow_db_rows(airflow_env, "from airflow.models.xcom import XComModel",
                            "select(XComModel.run_id, XComModel.task_id, XComModel.value)"
                            ".where(XComModel.key == '_link_MlflowRunLink')")
-    links = {task: value.strip('"') for run_id, task, value in rows if Path(dag_run["run_dir"]).name == safe_name(run_id)}
+    links = {task: value.strip('"') for run_id, task, value in rows if Path(dag_run["run_dir"]).name == safe_name(f"federated_training__{run_id}")}
     run = mlflow_client(airflow_env).get_run(dag_run["mlflow_run_id"])
     expected = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert links["train_chunk_00"] == expected and links["evaluate_and_register"] == expected

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def sweep_run(tmp_path_factory) -> dict:
     while (leaked := worker_binaries() - workers_before) and time.monotonic() < deadline:
         time.sleep(0.2)
     runs = Path(env["FEDFLOW_DATA_DIR"], "runs")
-    [sweep_dir] = [d for d in runs.glob("sweep_tiny__*") if not re.search(r"__p\d\d$", d.name)]  # not a point's
+    [sweep_dir] = [d for d in runs.glob("sweep_tiny__*") if (d / "sweep.json").exists()]  # not a point's
     return {"env": env, "returncode": done.returncode, "log": log.read_text(), "dir": sweep_dir, "leaked": leaked,
             "plan": json.loads((sweep_dir / "sweep.json").read_text()),
             "table": list(csv.DictReader((sweep_dir / "comparison" / "comparison.csv").open()))}
