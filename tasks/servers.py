@@ -9,10 +9,8 @@
 
 each in a session of its own with its output in ``$AIRFLOW_HOME/logs/servers/<name>.log`` (a file,
 never a pipe: TFF's worker_binary inherits it), and records them in ``$AIRFLOW_HOME/servers.json``
-(PID, process start time, command, port). ``down`` stops exactly those processes and their
-descendants — by PID *and* start time, so a reused PID is never signalled — SIGTERM to each process
-group, SIGKILL after ``GRACE_SECONDS`` (the scheduler sometimes ignores SIGTERM); what the others use
-(Postgres, Redis) is stopped after them.
+(PID, process start time, command, port). ``down`` stops exactly those processes and all they started
+(``tasks/process_records.py``: a reused PID is never signalled); Postgres and Redis go last.
 
 ``up --celery`` (``make up-celery``, ``FEDFLOW_TOPOLOGY=celery``) starts the distributed topology of
 docker-compose.yml on this machine instead: PostgreSQL and Redis on loopback, Airflow on CeleryExecutor
@@ -32,19 +30,20 @@ import errno
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 
-from tasks import paths
+from tasks import paths, process_records
+from tasks.process_records import owned_processes as _owned_processes  # noqa: F401 - used by the tests
+from tasks.process_records import running_leader as _leader
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_AIRFLOW_PORT = 8080
@@ -53,7 +52,6 @@ LOCAL, CELERY = "local", "celery"  # the topologies
 DEFAULT_POSTGRES_PORT = 5433  # not 5432: leave a system PostgreSQL alone
 DEFAULT_REDIS_PORT = 6380
 DEFAULT_GPU_CONCURRENCY = 1  # tasks at once on the gpu-queue worker (the `gpu` pool limits chunks anyway)
-GRACE_SECONDS = 12.0
 START_TIMEOUT_S = 180.0
 ADMIN_USER = "admin"  # scripts/airflow: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
 LOG_TAIL_LINES = 30
@@ -291,7 +289,7 @@ def down(home: Path | None = None, *, quiet: bool = False, out=sys.stdout) -> li
     # What the others use (Postgres, Redis) goes last: a database stopped under its clients fails their shutdown.
     for wave in ([r for r in records if not r.get("stop_last")], [r for r in records if r.get("stop_last")]):
         if wave:
-            wave_stopped, wave_killed = _stop(wave)
+            wave_stopped, wave_killed = process_records.stop(wave)
             stopped += wave_stopped
             killed += wave_killed
     state_file(home).unlink(missing_ok=True)
@@ -302,47 +300,6 @@ def down(home: Path | None = None, *, quiet: bool = False, out=sys.stdout) -> li
         if killed:
             print(f"  killed (no exit on SIGTERM): {', '.join(killed)}", file=out)
     return stopped
-
-
-def _stop(records: list[dict]) -> tuple[list[str], list[str]]:
-    """Stops the recorded components and everything they started; returns (names stopped, processes killed)."""
-    procs: dict[int, psutil.Process] = {}
-    leaders: list[tuple[psutil.Process, signal.Signals]] = []
-    groups: list[int] = []
-    stopped: list[str] = []
-    for r in records:
-        members = _owned_processes(r)
-        if members:
-            stopped.append(r["name"])
-            groups.append(r["pid"])
-        if (leader := _leader(r)) is not None:
-            leaders.append((leader, signal.Signals[r.get("stop_signal") or "SIGTERM"]))
-        for p in members:
-            procs[p.pid] = p
-    # 1. SIGTERM (PostgreSQL: SIGINT) to each component alone: it stops its own children in order (the
-    #    LocalExecutor's workers, uvicorn's, Celery's pool). 2. SIGTERM to everything left (the scheduler waits for running tasks
-    #    until signalled again; a task then stops its TFF trainer). 3. SIGKILL to whatever still runs.
-    killed: list[str] = []
-    for step, wait_s in (("leaders", GRACE_SECONDS), ("all", 5.0), ("kill", 5.0)):
-        _add_descendants(procs)
-        if step == "leaders":
-            targets = leaders
-        else:
-            targets = [(p, signal.SIGKILL if step == "kill" else signal.SIGTERM) for p in _alive(procs.values())]
-            if step == "kill":
-                killed = [_describe(p) for p, _ in targets]
-            # a group that still has a member of ours cannot have been reused
-            for pgid in set(groups) & _pgids(p for p, _ in targets):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, targets[0][1])
-        for p, sig in targets:  # psutil refuses a process whose start time changed (a reused PID)
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(sig)
-        # The first step waits for the components only: an orphan they leave goes on to step 2 at once.
-        if (_wait_gone([p for p, _ in leaders] if step == "leaders" else procs.values(), wait_s)
-                and not _alive(procs.values())):
-            break
-    return stopped, killed
 
 
 def status(home: Path | None = None) -> list[dict]:
@@ -501,82 +458,6 @@ def _read_state(home: Path) -> list[dict]:
     except ValueError as e:
         raise Error(f"{state_file(home)} is not valid JSON ({e}). Fix: stop the servers by hand, then delete it.") from e
     return records if isinstance(records, list) else []
-
-
-def _leader(record: dict) -> psutil.Process | None:
-    """The recorded process if it still runs — the same PID *and* start time (a reused PID is not it)."""
-    try:
-        p = psutil.Process(record["pid"])
-        if abs(p.create_time() - record["create_time"]) > 0.05 or p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p
-    except psutil.Error:
-        return None
-
-
-def _owned_processes(record: dict) -> list[psutil.Process]:
-    """The recorded process and every live member of its process group.
-
-    The group id is the recorded PID (start_new_session). Linux never hands out a PID that is still
-    some group's id, so: leader alive with its start time -> the group is ours; PID free -> any member
-    left is ours (an orphan); PID taken by another process -> our group is empty.
-    """
-    pid = record["pid"]
-    leader = _leader(record)
-    if leader is None and psutil.pid_exists(pid):
-        with contextlib.suppress(psutil.Error):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return []  # the PID now belongs to someone else
-    members = [leader] if leader else []
-    for p in psutil.process_iter():
-        if p.pid == pid:
-            continue
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(p.pid) == pid and p.status() != psutil.STATUS_ZOMBIE:
-                members.append(p)
-    return members
-
-
-def _add_descendants(procs: dict[int, psutil.Process]) -> None:
-    """Adds the live descendants of ``procs`` — also those in sessions of their own (a task's trainer)."""
-    for p in list(procs.values()):
-        with contextlib.suppress(psutil.Error):
-            for child in p.children(recursive=True):
-                procs.setdefault(child.pid, child)
-
-
-def _pgids(procs: Iterable[psutil.Process]) -> set[int]:
-    found = set()
-    for p in procs:
-        with contextlib.suppress(OSError):
-            found.add(os.getpgid(p.pid))
-    return found
-
-
-def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-    return alive
-
-
-def _describe(p: psutil.Process) -> str:
-    try:
-        return f"{p.pid} ({' '.join(p.cmdline())[:60] or p.name()})"
-    except psutil.Error:
-        return str(p.pid)
-
-
-def _wait_gone(procs: Iterable[psutil.Process], seconds: float) -> bool:
-    procs = list(procs)
-    deadline = time.monotonic() + seconds
-    while _alive(procs):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
