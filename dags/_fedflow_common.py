@@ -163,9 +163,8 @@ def training_chain() -> None:
     def train_chunk(handle: dict, chunk_index: int) -> dict:
         from tasks import steps
 
-        if steps.chunk_needed(handle, chunk_index):
-            record_attempt(handle)
-        outcome = steps.train_chunk(handle, chunk_index)
+        ti = get_current_context()["ti"]
+        outcome = steps.train_chunk(handle, chunk_index, attempt=(ti.task_id, ti.try_number))
         if outcome["status"] == "not-needed":
             raise AirflowSkipException(f"The plan has {outcome['chunks']} chunk(s); chunk {chunk_index} is not needed")
         return outcome

@@ -150,21 +150,19 @@ def worker_role() -> str:
     return os.environ.get("FEDFLOW_WORKER_ROLE", "")
 
 
-def chunk_needed(handle: Mapping[str, str], chunk_index: int) -> bool:
-    cfg, _ = load(handle)
-    return cfg.chunk_target_round(chunk_index) is not None
-
-
-def train_chunk(handle: Mapping[str, str], chunk_index: int) -> dict[str, Any]:
+def train_chunk(handle: Mapping[str, str], chunk_index: int, *, attempt: tuple[str, int] | None = None) -> dict[str, Any]:
     """Brings the run to this chunk's target round; streams metrics into MLflow meanwhile.
 
     Idempotent: a chunk whose target the newest checkpoint has reached does nothing but re-sync.
-    Returns ``status``: ``not-needed`` (the plan has fewer chunks), ``done`` or ``trained``.
+    Returns ``status``: ``not-needed`` (the plan has fewer chunks), ``done`` or ``trained``. ``attempt``
+    (Airflow task id, try number) is tagged on the MLflow run when the chunk is needed.
     """
     cfg, run = load(handle)
     target = cfg.chunk_target_round(chunk_index)
     if target is None:
         return {"status": "not-needed", "chunk": chunk_index, "chunks": cfg.num_chunks}
+    if attempt is not None:
+        record_attempt(handle, *attempt)
     reached = CheckpointStore(run.checkpoints, keep=cfg.keep_checkpoints).latest_round()
     if reached is not None and reached >= target:
         tracking.sync_metrics_if_reachable(run)
