@@ -31,6 +31,11 @@ MODELS = ("cnn", "mlp")
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 CLIENT_SAMPLING = ("uniform", "poisson")
+# Training engines (README "Training on a GPU"): TFF's learning processes in worker_binary (the reference,
+# CPU only in TFF's pip build), or client work as a tf.function in the trainer (a GPU when one is visible)
+# with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all of ALGORITHMS today).
+ENGINES = ("tff", "hybrid")
+HYBRID_ALGORITHMS = ALGORITHMS
 # TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
 AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", "custom")
 DP_CLIPPING = ("adaptive", "fixed")
@@ -153,6 +158,12 @@ class ExperimentConfig:
         description="fedavg (weighted by examples), fedavg_unweighted, fedsgd, fedprox, or FedAvg with an "
         "adaptive server optimizer: fedadam, fedyogi, fedadagrad (use a server learning rate of ~0.01-0.1).",
     )
+    engine: str = _field(
+        "tff", section="Algorithm", title="Training engine", enum=list(ENGINES),
+        description="'tff': TFF's own learning process (the reference; CPU only in TFF's pip build). 'hybrid': "
+        "each client's local training as one TensorFlow function in the trainer, on the GPU when the worker has "
+        "one, with TFF's aggregation and server optimizer; equal to 'tff' per round (README: Training on a GPU).",
+    )
     rounds: int = _field(
         40, section="Algorithm", title="Rounds", minimum=1, maximum=10000,
         description="Federated rounds to train in total.",
@@ -250,6 +261,11 @@ class ExperimentConfig:
         20000, section="Compression", title="Compression threshold", minimum=0, maximum=10**9,
         description="Only tensors with more elements than this are quantised; smaller ones go as float32.",
     )
+    compression_stochastic: bool = _field(
+        True, section="Compression", title="Stochastic rounding",
+        description="Quantise with unbiased stochastic rounding (TFF's default; unseeded inside TFF, so compressed "
+        "runs vary run to run), or round to the nearest level (deterministic, biased).",
+    )
     seed: int = _field(
         0, section="Algorithm", title="Seed", minimum=0, maximum=2**31 - 1,
         description="Derives partition, initial weights, client sampling and shuffling per round.",
@@ -309,6 +325,11 @@ class ExperimentConfig:
             )
         if self.aggregator == "dp":
             self._check_dp()
+        if self.engine == "hybrid" and self.algorithm not in HYBRID_ALGORITHMS:
+            raise ConfigError(
+                f"algorithm {self.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "
+                f"Fix: engine='tff', or one of {list(HYBRID_ALGORITHMS)}."
+            )
         self._check_data()
         if self.num_chunks > MAX_CHUNKS:
             needed = math.ceil(self.rounds / MAX_CHUNKS)

@@ -1,6 +1,6 @@
 """Trainer entry point, run in the TFF environment by the Airflow-side launcher.
 
-    python -m trainer train --run-dir data/runs/<run> --until-round 20
+    python -m trainer train --run-dir data/runs/<run> --until-round 20 [--engine hybrid]
     python -m trainer export --run-dir data/runs/<run>
 
 Exchanges files only: config.json, staged.json and checkpoints in; metrics.jsonl, checkpoints,
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="bring a run to a round")
     train.add_argument("--run-dir", type=Path, required=True)
     train.add_argument("--until-round", type=int, required=True)
+    train.add_argument("--engine", choices=("tff", "hybrid"), help="override the config's engine for this chunk")
     export = sub.add_parser("export", help="evaluate and save the final model")
     export.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import program  # imports TensorFlow and TFF (11-18 s)
 
     if args.command == "train":
-        program.train_until_round(args.run_dir, args.until_round)
+        program.train_until_round(args.run_dir, args.until_round, args.engine)
     else:
         program.export_model(program.load_experiment(args.run_dir))
     return 0

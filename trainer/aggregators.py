@@ -95,7 +95,8 @@ def compresses(cfg: ExperimentConfig) -> bool:
 
 def _compressed_sum(cfg: ExperimentConfig) -> tff.aggregators.UnweightedAggregationFactory:
     return tff.aggregators.EncodedSumFactory.quantize_above_threshold(
-        quantization_bits=cfg.compression_bits, threshold=cfg.compression_threshold
+        quantization_bits=cfg.compression_bits, threshold=cfg.compression_threshold,
+        stochastic=cfg.compression_stochastic,
     )
 
 

@@ -29,11 +29,13 @@ LearningProcess = tff.learning.templates.LearningProcess
 LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
 
 
-def _client_sgd(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+def client_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+    """Client SGD (both engines)."""
     return tff.learning.optimizers.build_sgdm(learning_rate=cfg.client_learning_rate)
 
 
-def _server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+def server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
+    """The server step on the aggregated update: SGD, or Adam/Yogi/Adagrad (both engines)."""
     adaptive = {
         "fedadam": tff.learning.optimizers.build_adam,
         "fedyogi": tff.learning.optimizers.build_yogi,
@@ -48,7 +50,7 @@ def _local_training(cfg: ExperimentConfig, model_fn: Callable, weighted, unweigh
     """Local-SGD client work, weighted or uniform as the aggregator requires (DP forces uniform)."""
     factory = aggregators.build_model_aggregator(cfg)
     build = weighted if aggregators.is_weighted(cfg, factory) else unweighted
-    return build(model_fn, client_optimizer_fn=_client_sgd(cfg), server_optimizer_fn=_server_optimizer(cfg),
+    return build(model_fn, client_optimizer_fn=client_optimizer(cfg), server_optimizer_fn=server_optimizer(cfg),
                  model_aggregator=factory, loop_implementation=LOOP, **extra)
 
 
@@ -62,7 +64,7 @@ def _fedsgd(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
     if not aggregators.is_weighted(cfg, factory):
         raise aggregators.Error("fedsgd needs a weighted aggregator. Fix: choose another algorithm or aggregator.")
     return tff.learning.algorithms.build_fed_sgd(
-        model_fn, server_optimizer_fn=_server_optimizer(cfg), model_aggregator=factory, loop_implementation=LOOP
+        model_fn, server_optimizer_fn=server_optimizer(cfg), model_aggregator=factory, loop_implementation=LOOP
     )
 
 

@@ -9,6 +9,7 @@ uninterrupted one. Per round, the metrics row is appended before the checkpoint 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import importlib.metadata
 import logging
@@ -26,7 +27,7 @@ from tasks import atomic, metrics_log, privacy, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
-from trainer import aggregators, algorithms, lifecycle, models
+from trainer import aggregators, algorithms, hybrid, lifecycle, models
 
 log = logging.getLogger("fedflow.trainer")
 
@@ -45,10 +46,24 @@ class Experiment:
     process: tff.learning.templates.LearningProcess
     eval_model: tf.keras.Model
     checkpoints: CheckpointStore
+    model_fn: object
     fed_eval: tff.learning.templates.LearningProcess | None = None
 
 
+def configure_devices() -> list[str]:
+    """GPU memory grows as needed (TensorFlow would otherwise reserve the whole card at start-up);
+    returns the visible GPUs. A GPU worker pins its trainer to one card with CUDA_VISIBLE_DEVICES."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process (tests build several experiments)
+            pass
+    return [gpu.name for gpu in gpus]
+
+
 def load_experiment(run_dir: Path) -> Experiment:
+    configure_devices()
     paths = RunPaths(Path(run_dir))
     cfg = ExperimentConfig.read_json(paths.config)
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
@@ -63,7 +78,7 @@ def load_experiment(run_dir: Path) -> Experiment:
     fed_eval = tff.learning.algorithms.build_fed_eval(model_fn) if cfg.heldout_clients else None
     eval_model = models.build_keras_model(cfg.model, input_shape, num_classes)
     checkpoints = CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints)
-    return Experiment(cfg, paths, manifest, process, eval_model, checkpoints, fed_eval)
+    return Experiment(cfg, paths, manifest, process, eval_model, checkpoints, model_fn, fed_eval)
 
 
 def model_input_shape(manifest: shards.Manifest) -> tuple[int, ...]:
@@ -128,13 +143,18 @@ def sample_clients(cfg: ExperimentConfig, round_num: int, client_ids: list[str])
     return [client_ids[i] for i in np.sort(rng.choice(len(client_ids), size=cfg.clients_per_round, replace=False))]
 
 
-def client_dataset(exp: Experiment, client: shards.ClientExamples, client_index: int, round_num: int) -> tf.data.Dataset:
-    """The client's examples for one round: ``local_epochs`` seeded shuffles, then batched."""
+def client_examples(exp: Experiment, client: shards.ClientExamples, client_index: int,
+                    round_num: int) -> tuple[np.ndarray, np.ndarray]:
+    """The client's examples for one round in training order: ``local_epochs`` seeded shuffles."""
     rng = np.random.default_rng([exp.cfg.seed, round_num, 2, client_index])
     order = np.concatenate([rng.permutation(len(client.y)) for _ in range(exp.cfg.local_epochs)])
-    return tf.data.Dataset.from_tensor_slices(
-        collections.OrderedDict(x=client.x[order], y=client.y[order])
-    ).batch(exp.cfg.batch_size)
+    return client.x[order], client.y[order]
+
+
+def client_dataset(exp: Experiment, client: shards.ClientExamples, client_index: int, round_num: int) -> tf.data.Dataset:
+    """:func:`client_examples` batched, as the ``tff`` engine feeds them."""
+    x, y = client_examples(exp, client, client_index, round_num)
+    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(exp.cfg.batch_size)
 
 
 def round_metrics(metrics) -> dict[str, float]:
@@ -187,15 +207,16 @@ def evaluate_heldout(exp: Experiment, state, heldout: list[shards.ClientExamples
     }
 
 
-def train_until_round(run_dir: Path, until_round: int) -> int:
+def train_until_round(run_dir: Path, until_round: int, engine: str | None = None) -> int:
     """Brings the run in ``run_dir`` to ``until_round``; idempotent. Returns the round reached.
 
-    The chunk that reaches the last round also exports the model, saving the export step a process
-    start and a TensorFlow import.
+    ``engine`` overrides the config's (both engines share state and checkpoints, so a run may change
+    engine between chunks). The chunk that reaches the last round also exports the model, saving the
+    export step a process start and a TensorFlow import.
     """
     exp = load_experiment(run_dir)
     record_environment(exp.paths)
-    reached = _train(exp, until_round)
+    reached = _train(exp, until_round, engine or exp.cfg.engine)
     if reached == exp.cfg.rounds:
         export_model(exp)
     return reached
@@ -224,7 +245,54 @@ def record_environment(run: RunPaths) -> dict:
     return env
 
 
-def _train(exp: Experiment, until_round: int) -> int:
+class _RoundRunner:
+    """Runs one round on the chosen engine; the hybrid's next cohort is prepared in a background
+    thread while the current round trains (input loading overlaps compute)."""
+
+    def __init__(self, exp: Experiment, engine: str, clients: dict, index: dict, client_ids: list[str]) -> None:
+        if engine not in ("tff", "hybrid"):
+            raise Error(f"engine must be 'tff' or 'hybrid'. Got {engine!r}.")
+        self.exp, self.engine, self.clients, self.index, self.client_ids = exp, engine, clients, index, client_ids
+        self.hybrid = hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process) if engine == "hybrid" else None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1) if self.hybrid else None
+        self._pending: dict[int, concurrent.futures.Future] = {}
+
+    def sampled(self, round_num: int) -> list[str]:
+        return sample_clients(self.exp.cfg, round_num, self.client_ids)
+
+    def _cohort(self, round_num: int) -> hybrid.Cohort:
+        examples = [client_examples(self.exp, self.clients[cid], self.index[cid], round_num)
+                    for cid in self.sampled(round_num)]
+        return hybrid.Cohort.of(examples, model_input_shape(self.exp.manifest))
+
+    def next(self, state, round_num: int, until_round: int):
+        """Returns (state, metrics) after ``round_num``."""
+        if self.hybrid is None:
+            datasets = [client_dataset(self.exp, self.clients[cid], self.index[cid], round_num)
+                        for cid in self.sampled(round_num)]
+            output = self.exp.process.next(state, datasets)
+            return output.state, output.metrics
+        pending = self._pending.pop(round_num, None)
+        cohort = pending.result() if pending else self._cohort(round_num)
+        if round_num < until_round:
+            self._pending[round_num + 1] = self._pool.submit(self._cohort, round_num + 1)
+        return self.hybrid.next(state, cohort)
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def _gpu_memory_peak_mb() -> dict[str, float]:
+    """Peak memory TensorFlow allocated on the GPU since the last call (empty without a GPU)."""
+    if not tf.config.list_logical_devices("GPU"):
+        return {}
+    peak = tf.config.experimental.get_memory_info("GPU:0")["peak"]
+    tf.config.experimental.reset_memory_stats("GPU:0")
+    return {"gpu_memory_peak_mb": peak / 2**20}
+
+
+def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
     cfg = exp.cfg
     if not 1 <= until_round <= cfg.rounds:
         raise Error(f"until_round must be in [1, rounds={cfg.rounds}]. Got {until_round}.")
@@ -246,16 +314,29 @@ def _train(exp: Experiment, until_round: int) -> int:
     client_ids = all_ids[: len(all_ids) - cfg.heldout_clients]  # the last heldout_clients never train
     heldout = [clients[cid] for cid in all_ids[len(client_ids) :]]
     test = read_split(exp, "test")
+    runner = _RoundRunner(exp, engine, clients, index, client_ids)
+    log.info("Training rounds %d-%d on the %s engine%s", start_round + 1, until_round, engine,
+             f" ({runner.hybrid.device})" if runner.hybrid else "")
+    try:
+        _rounds(exp, runner, state, start_round, until_round, plan, (update_bits, float_bits, num_parameters),
+                heldout, test)
+    finally:
+        runner.close()
+    return until_round
+
+
+def _rounds(exp: Experiment, runner: _RoundRunner, state, start_round: int, until_round: int, plan, bits,
+            heldout, test) -> None:
+    cfg = exp.cfg
+    update_bits, float_bits, num_parameters = bits
     for round_num in range(start_round + 1, until_round + 1):
         start = time.perf_counter()
-        sampled = sample_clients(cfg, round_num, client_ids)
-        row = {"round": round_num, "clients_sampled": len(sampled)}
+        sampled = runner.sampled(round_num)
+        row = {"round": round_num, "clients_sampled": len(sampled), "engine": runner.engine}
         if sampled or plan is not None:  # DP: an empty round still releases noise, as its analysis assumes
-            datasets = [client_dataset(exp, clients[cid], index[cid], round_num) for cid in sampled]
-            output = exp.process.next(state, datasets)
-            state = output.state
+            state, metrics = runner.next(state, round_num, until_round)
             if sampled:
-                row.update(round_metrics(output.metrics))
+                row.update(round_metrics(metrics))
         if not sampled:  # Poisson sampling drew nobody
             log.warning("Round %d sampled no clients%s", round_num, "" if plan else "; the model is unchanged")
         row.update(
@@ -272,6 +353,8 @@ def _train(exp: Experiment, until_round: int) -> int:
             row.update(evaluate_central(exp, state, test))
             if heldout:
                 row.update(evaluate_heldout(exp, state, heldout))
+        if runner.hybrid:
+            row.update(_gpu_memory_peak_mb())
         row["round_seconds"] = time.perf_counter() - start
         row["wall_time"] = time.time()
         metrics_log.append_row(exp.paths.metrics, row)
@@ -282,7 +365,6 @@ def _train(exp: Experiment, until_round: int) -> int:
             f" test_accuracy={row['test_accuracy']:.4f}" if "test_accuracy" in row else "", row["round_seconds"],
         )
         lifecycle.maybe_inject_fault(round_num)
-    return until_round
 
 
 def export_model(exp: Experiment) -> dict:
