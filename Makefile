@@ -26,7 +26,9 @@ help:
 	@echo "make up-celery   the docker-compose topology without Docker: Postgres, Redis, Airflow on CeleryExecutor"
 	@echo "                 with a default and a gpu Celery worker, MLflow on Postgres (make down stops it)"
 	@echo "make trigger     trigger a run through the REST API and wait: DAG=federated_training CONF='{json}'"
-	@echo "make lock        re-resolve requirements/*.lock from requirements/*.in"
+	@echo "make envs        build .venv and .venv-tff from the lock files; .venv-tff from requirements/tff-gpu.lock"
+	@echo "                 (CUDA) where nvidia-smi lists a GPU or with TFF_GPU=1; TFF_GPU=0 forces requirements/tff.lock"
+	@echo "make lock        re-resolve requirements/*.lock from requirements/*.in (tff-gpu.lock constrained by tff.lock)"
 	@echo "make clean       remove staged data, runs, mlruns/ and .airflow/ (keeps the environments)"
 
 $(ROOT)/.tools/bin/uv:
@@ -39,13 +41,25 @@ $(ROOT)/.tools/bin/uv:
 	$(UV) pip sync --quiet --python .venv/bin/python requirements/airflow.lock
 	touch $@
 
-# The TensorFlow Federated environment: the trainer process only.
-.venv-tff/.fedflow-stamp: requirements/tff.lock | $(UV)
+# The TensorFlow Federated environment: the trainer process only. Built from requirements/tff-gpu.lock
+# (the same pins plus TensorFlow 2.14's CUDA 11.8 / cuDNN 8.7 wheels) with TFF_GPU=1, and by default where
+# `nvidia-smi -L` lists a GPU; from requirements/tff.lock otherwise or with TFF_GPU=0 (CI has no GPU).
+# One stamp per lock variant, and syncing one removes the other's: switching variants always re-syncs.
+ifeq ($(strip $(TFF_GPU)),)
+override TFF_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+endif
+ifeq ($(filter 0 1,$(TFF_GPU)),)
+$(error TFF_GPU must be 0 (requirements/tff.lock) or 1 (requirements/tff-gpu.lock), not '$(TFF_GPU)')
+endif
+TFF_LOCK := requirements/$(if $(filter 1,$(TFF_GPU)),tff-gpu,tff).lock
+TFF_STAMP := .venv-tff/.fedflow-stamp-$(if $(filter 1,$(TFF_GPU)),gpu,cpu)
+$(TFF_STAMP): $(TFF_LOCK) | $(UV)
 	[ -x .venv-tff/bin/python ] || $(UV) venv --quiet --python $(PYTHON) .venv-tff
-	$(UV) pip sync --quiet --python .venv-tff/bin/python requirements/tff.lock
+	rm -f .venv-tff/.fedflow-stamp .venv-tff/.fedflow-stamp-cpu .venv-tff/.fedflow-stamp-gpu
+	$(UV) pip sync --quiet --python .venv-tff/bin/python $(TFF_LOCK)
 	touch $@
 
-envs: .venv/.fedflow-stamp .venv-tff/.fedflow-stamp
+envs: .venv/.fedflow-stamp $(TFF_STAMP)
 
 demo: envs
 	@mkdir -p data
@@ -151,6 +165,9 @@ lock: | $(UV)
 	  --override requirements/airflow-overrides.txt requirements/airflow.in -o requirements/airflow.lock
 	$(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
 	  --override requirements/tff-overrides.txt requirements/tff.in -o requirements/tff.lock
+	$(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
+	  --override requirements/tff-overrides.txt --constraint requirements/tff.lock \
+	  requirements/tff-gpu.in -o requirements/tff-gpu.lock
 
 clean:
 	@[ ! -x .venv/bin/python ] || PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers down  # servers first: their state is in .airflow/

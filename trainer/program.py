@@ -245,7 +245,7 @@ def record_environment(run: RunPaths) -> dict:
     return env
 
 
-class _RoundRunner:
+class RoundRunner:
     """Runs one round on the chosen engine; the hybrid's next cohort is prepared in a background
     thread while the current round trains (input loading overlaps compute)."""
 
@@ -314,7 +314,7 @@ def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
     client_ids = all_ids[: len(all_ids) - cfg.heldout_clients]  # the last heldout_clients never train
     heldout = [clients[cid] for cid in all_ids[len(client_ids) :]]
     test = read_split(exp, "test")
-    runner = _RoundRunner(exp, engine, clients, index, client_ids)
+    runner = RoundRunner(exp, engine, clients, index, client_ids)
     log.info("Training rounds %d-%d on the %s engine%s", start_round + 1, until_round, engine,
              f" ({runner.hybrid.device})" if runner.hybrid else "")
     try:
@@ -325,7 +325,7 @@ def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
     return until_round
 
 
-def _rounds(exp: Experiment, runner: _RoundRunner, state, start_round: int, until_round: int, plan, bits,
+def _rounds(exp: Experiment, runner: RoundRunner, state, start_round: int, until_round: int, plan, bits,
             heldout, test) -> None:
     cfg = exp.cfg
     update_bits, float_bits, num_parameters = bits

@@ -123,11 +123,41 @@ def test_training_chunks_have_a_gpu_worker_of_their_own(compose):
     [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["build"]["target"] == "gpu"
+    assert gpu["environment"]["FEDFLOW_WORKER_ROLE"] == "gpu"
     default = services["airflow-worker"]["command"]
     assert default[default.index("--queues") + 1] == "default"  # never the gpu queue
     init = " ".join(services["airflow-init"]["command"])
     assert "airflow db migrate" in init and 'pools set gpu "${GPU_WORKERS}"' in init
     assert "passwords.json" in init
+
+
+def test_each_gpu_worker_is_pinned_to_one_gpu(compose):
+    gpu = compose["services"]["airflow-worker-gpu"]
+    [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
+    # one host GPU, chosen by GPU_DEVICE_ID (count and device_ids are mutually exclusive); .env.example: 0
+    assert "count" not in device and device["device_ids"] == [env_example()["GPU_DEVICE_ID"]] == ["0"]
+    raw = (ROOT / "docker-compose.yml").read_text()
+    assert 'device_ids: ["${GPU_DEVICE_ID:-0}"]' in raw
+    # the container sees only the reserved GPU, as device 0; the trainer inherits the worker's environment
+    assert gpu["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+    for name, service in compose["services"].items():
+        if name != "airflow-worker-gpu":
+            assert "CUDA_VISIBLE_DEVICES" not in service.get("environment", {}), name
+            assert "deploy" not in service, name
+
+
+def test_the_gpu_image_builds_the_tff_env_from_the_gpu_lock_before_the_code():
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    bases = {stage: base for base, stage in re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, re.M)}
+    body = dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile, re.M | re.S))
+    assert bases["gpu"] == "envs-gpu" and bases["envs-gpu"] == "envs" and bases["cpu"] == "envs"
+    assert re.search(r"^RUN make envs TFF_GPU=1 ", body["envs-gpu"], re.M)  # exactly `make envs TFF_GPU=1`
+    assert "make envs PYTHON=python3.11 TFF_GPU=0" in body["envs"]  # the CPU lock, whatever the builder has
+    # the environments are layers below the code (a code change re-downloads no CUDA wheel)
+    assert "COPY --chown=fedflow:0 . ." not in body["envs"] + body["envs-gpu"]
+    assert "pip install" not in body["envs-gpu"]
+    assert body["gpu"].strip() == body["cpu"].strip()  # the same code and settings on both
+    assert list(bases)[-1] == "cpu"  # the default target stays the CPU image
 
 
 def test_mlflow_runs_on_postgres_with_served_artifacts_and_allowed_service_names(compose):
