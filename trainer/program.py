@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import importlib.metadata
 import logging
+import os
 import platform
 import shutil
 import time
@@ -215,8 +216,9 @@ def train_until_round(run_dir: Path, until_round: int, engine: str | None = None
     export step a process start and a TensorFlow import.
     """
     exp = load_experiment(run_dir)
-    record_environment(exp.paths)
-    reached = _train(exp, until_round, engine or exp.cfg.engine)
+    engine = engine or exp.cfg.engine
+    record_environment(exp.paths, engine)
+    reached = _train(exp, until_round, engine)
     if reached == exp.cfg.rounds:
         export_model(exp)
     return reached
@@ -226,9 +228,16 @@ def train_until_round(run_dir: Path, until_round: int, engine: str | None = None
 LINEAGE_PACKAGES = ("tensorflow", "tensorflow-federated", "numpy", "jax", "jaxlib", "dp-accounting", "mlflow")
 
 
-def record_environment(run: RunPaths) -> dict:
-    """Writes the TFF environment's package versions and devices to ``tff_env.json`` (each chunk: a
-    resumed run may continue on another machine; the newest record wins)."""
+def gpu_names() -> list[str]:
+    """The GPUs TensorFlow sees, by model name (e.g. 'NVIDIA H100 80GB HBM3')."""
+    return [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")]
+
+
+def record_environment(run: RunPaths, engine: str = "tff") -> dict:
+    """Writes the TFF environment's package versions, devices, engine and the device the client work
+    trains on to ``tff_env.json`` (each chunk: a resumed run may continue on another machine or engine;
+    the newest record wins). The ``tff`` engine computes in TFF's CPU-only ``worker_binary``."""
     versions = {}
     for name in LINEAGE_PACKAGES:
         try:
@@ -238,7 +247,10 @@ def record_environment(run: RunPaths) -> dict:
     env = {
         "python": platform.python_version(),
         "packages": versions,
-        "devices": [d.name for d in tf.config.list_physical_devices("GPU")] or ["CPU"],
+        "devices": gpu_names() or ["CPU"],
+        "engine": engine,
+        "train_device": (gpu_names() or ["CPU"])[0] if engine == "hybrid" else "CPU (TFF worker_binary)",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "host": platform.node(),
     }
     atomic.write_json(run.tff_env, env)

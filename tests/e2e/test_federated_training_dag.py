@@ -145,7 +145,8 @@ def test_corrupt_staged_data_stops_the_run_before_training_and_fails_its_mlflow_
 
 
 def test_an_engine_configured_from_trigger_params_logs_epsilon_bits_and_heldout_metrics(airflow_env, tmp_path):
-    conf = {**CONF, "algorithm": "fedadam", "server_learning_rate": 0.05, "aggregator": "dp",
+    """DP, compression, an adaptive server optimizer and held-out evaluation, on the hybrid engine."""
+    conf = {**CONF, "engine": "hybrid", "algorithm": "fedadam", "server_learning_rate": 0.05, "aggregator": "dp",
             "client_sampling": "poisson", "clients_per_round": 4, "num_clients": 10, "heldout_clients": 2,
             "noise_multiplier": 0.3, "compress": True, "compression_threshold": 1000, "dp_epsilon_budget": 100,
             "registered_model_name": "e2e-dp"}
@@ -159,7 +160,8 @@ def test_an_engine_configured_from_trigger_params_logs_epsilon_bits_and_heldout_
     assert epsilons[-1].value == pytest.approx(float(run.data.tags["fedflow.dp_planned_epsilon"]), rel=1e-5)
     assert run.data.metrics["compression_ratio"] > 2
     assert [m.step for m in c.get_metric_history(run.info.run_id, "heldout_accuracy")] == [2, 4]
-    assert run.data.params["algorithm"] == "fedadam"
+    assert run.data.params["algorithm"] == "fedadam" and run.data.params["engine"] == "hybrid"
+    assert run.data.tags["fedflow.engine"] == "hybrid" and run.data.tags["fedflow.train_device"] == "CPU"
     plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/loss.png", "plots/accuracy.png", "plots/epsilon.png", "plots/compression.png"}
 

@@ -180,7 +180,7 @@ PLACEMENT_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import tensorflow as tf
-    from trainer import hybrid, lifecycle, models, program
+    from trainer import hybrid, lifecycle, program
     lifecycle.install()
     tf.debugging.set_log_device_placement(True)  # only takes effect before TensorFlow's context starts
     exp = program.load_experiment(sys.argv[1])
@@ -190,24 +190,25 @@ PLACEMENT_SCRIPT = textwrap.dedent("""
     def cohort(sizes):
         c = hybrid.Cohort.of([(rng.uniform(size=(n, 8, 8, 1)).astype(np.float32), rng.integers(0, 4, n))
                               for n in sizes], (8, 8, 1))
-        return hybrid.Cohort(*(tf.constant(a) for a in (c.x, c.y, c.starts, c.lengths)))
+        return tuple(tf.constant(a) for a in (c.x, c.y, c.starts, c.lengths))
     w = state.global_model_weights
     args = ([tf.constant(v) for v in w.trainable], [tf.constant(v) for v in w.non_trainable],
             [tf.constant(v) for v in tf.nest.flatten(state.client_work)])
-    def call(c):
-        return engine.train_cohort(*args, c.x, c.y, c.starts, c.lengths)
-    call(cohort([3]))  # the one trace
     small, large = cohort([7, 3]), cohort([70, 33, 5, 61])
-    for name, c in (("small", small), ("large", large)):
-        print(f"@@begin {name}", file=sys.stderr, flush=True)
-        call(c)
-        print(f"@@end {name}", file=sys.stderr, flush=True)
-    graph = engine.train_cohort.get_concrete_function(*args, small.x, small.y, small.starts, small.lengths).graph
-    ops = {op.type for op in graph.get_operations()}
-    for f in graph.as_graph_def().library.function:
-        ops |= {node.op for node in f.node_def}
-    print("@@result " + json.dumps({"traces": engine.train_cohort.experimental_get_tracing_count(),
-                                      "ops": sorted(ops)}), flush=True)
+    result = {}
+    for function in (engine.train_cohort, engine.train_cohort_mean):  # TFF's aggregation / the in-graph mean
+        name = function.__name__
+        function(*args, *cohort([3]))  # the one trace
+        for size, c in (("small", small), ("large", large)):
+            print(f"@@begin {name} {size}", file=sys.stderr, flush=True)
+            function(*args, *c)
+            print(f"@@end {name} {size}", file=sys.stderr, flush=True)
+        graph = function.get_concrete_function(*args, *small).graph
+        ops = {op.type for op in graph.get_operations()}
+        for f in graph.as_graph_def().library.function:
+            ops |= {node.op for node in f.node_def}
+        result[name] = {"traces": function.experimental_get_tracing_count(), "ops": sorted(ops)}
+    print("@@result " + json.dumps(result), flush=True)
 """)
 
 
@@ -220,12 +221,13 @@ def test_a_cohort_of_clients_trains_in_one_graph_call_with_no_python_or_numpy_pe
     done = subprocess.run([sys.executable, "-c", PLACEMENT_SCRIPT, str(run.root)], env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL, start_new_session=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("small", "large"):
-        section = done.stderr.split(f"@@begin {name}")[1].split(f"@@end {name}")[0]
-        executed = [line for line in section.splitlines() if "Executing op" in line]
-        assert len(executed) == 1, executed
-        assert "__inference__train_cohort" in executed[0] and "device:CPU:0" in executed[0]
-    result = json.loads(done.stdout.split("@@result ")[1].splitlines()[0])
-    assert result["traces"] == 1
-    assert "While" in result["ops"] or "StatelessWhile" in result["ops"]
-    assert not {"PyFunc", "EagerPyFunc", "PyFuncStateless"} & set(result["ops"])
+    results = json.loads(done.stdout.split("@@result ")[1].splitlines()[0])
+    for name in ("_train_cohort", "_train_cohort_mean"):
+        for size in ("small", "large"):
+            section = done.stderr.split(f"@@begin {name} {size}")[1].split(f"@@end {name} {size}")[0]
+            executed = [line for line in section.splitlines() if "Executing op" in line]
+            assert len(executed) == 1, executed
+            assert f"__inference_{name}_" in executed[0] and "device:CPU:0" in executed[0]
+        assert results[name]["traces"] == 1
+        assert "While" in results[name]["ops"] or "StatelessWhile" in results[name]["ops"]
+        assert not {"PyFunc", "EagerPyFunc", "PyFuncStateless"} & set(results[name]["ops"])
