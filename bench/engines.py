@@ -72,13 +72,14 @@ def make_run(root: Path, staged: Path, name: str, **overrides) -> Path:
     return run.root
 
 
-def time_engine(exp, engine: str) -> tuple[float, float]:
+def time_engine(exp, engine: str, lock_step: bool | None = None) -> tuple[float, float]:
     """(first round s, median s of the other rounds) for ``engine`` from the seeded round-0 state."""
     from trainer import program
 
     ids = exp.manifest.client_ids("train")
     clients = {cid: program.read_client(exp, "train", cid) for cid in ids}
-    runner = program.RoundRunner(exp, engine, clients, {cid: i for i, cid in enumerate(ids)}, ids)
+    runner = program.RoundRunner(exp, engine, clients, {cid: i for i, cid in enumerate(ids)}, ids,
+                                 lock_step=lock_step)
     state = program.initial_state(exp)
     times = []
     try:
@@ -98,7 +99,7 @@ def time_client_work(exp) -> tuple[float, float]:
 
     from trainer import hybrid, program
 
-    engine = hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process)
+    engine = hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process, lock_step=False)
     state = program.initial_state(exp)
     w = state.global_model_weights
     fixed = ([tf.constant(v) for v in w.trainable], [tf.constant(v) for v in w.non_trainable],
@@ -134,7 +135,7 @@ def time_client_work(exp) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cnn,mlp")
-    parser.add_argument("--clients-per-round", default="10,50")
+    parser.add_argument("--clients-per-round", default="10,50,200")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -155,19 +156,28 @@ def main() -> None:
                 tff_first, tff_s = time_engine(exp, "tff")
                 exp = program.load_experiment(make_run(root, staged, f"{model}_{k}_h", model=model, clients_per_round=k))
                 hybrid_first, hybrid_s = time_engine(exp, "hybrid")
+                loop_s = None
+                if model == "mlp":  # the lock-step path applies: also time one client after another
+                    exp = program.load_experiment(make_run(root, staged, f"{model}_{k}_l", model=model,
+                                                           clients_per_round=k))
+                    _, loop_s = time_engine(exp, "hybrid", lock_step=False)
                 exp = program.load_experiment(make_run(root, staged, f"{model}_{k}_c", model=model, clients_per_round=k))
                 one_call_s, per_client_s = time_client_work(exp)
                 results.append({"model": model, "clients_per_round": k, "tff_first_s": tff_first, "tff_s": tff_s,
-                                "hybrid_first_s": hybrid_first, "hybrid_s": hybrid_s,
+                                "hybrid_first_s": hybrid_first, "hybrid_s": hybrid_s, "hybrid_client_loop_s": loop_s,
                                 "client_work_one_call_s": one_call_s, "client_work_per_client_s": per_client_s})
                 print(f"  done {model} K={k}", flush=True)
     print(f"\nSeconds per round, tff vs hybrid engine (trainer's RoundRunner; median of rounds 2-{ROUNDS}; "
           f"round 1 in brackets). TensorFlow device: {device}")
+    print("hybrid: its default (MLP: clients in lock-step; CNN: one client after another in one call); "
+          "'loop': the MLP with one client after another. Client work only: one call for the cohort vs one "
+          "call per client.")
     print(f"{'model':>5} {'K':>4} {'tff s/round':>16} {'hybrid s/round':>16} {'tff/hybrid':>10} "
-          f"{'cohort 1 call':>14} {'1 call/client':>14} {'gain':>6}")
+          f"{'loop s/round':>12} {'cohort 1 call':>14} {'1 call/client':>14} {'gain':>6}")
     for r in results:
+        loop = f"{r['hybrid_client_loop_s']:>12.3f}" if r["hybrid_client_loop_s"] else f"{'-':>12}"
         print(f"{r['model']:>5} {r['clients_per_round']:>4} {r['tff_s']:>7.3f} ({r['tff_first_s']:>6.2f}) "
-              f"{r['hybrid_s']:>7.3f} ({r['hybrid_first_s']:>6.2f}) {r['tff_s'] / r['hybrid_s']:>9.2f}x "
+              f"{r['hybrid_s']:>7.3f} ({r['hybrid_first_s']:>6.2f}) {r['tff_s'] / r['hybrid_s']:>9.2f}x {loop} "
               f"{r['client_work_one_call_s']:>13.3f}s {r['client_work_per_client_s']:>13.3f}s "
               f"{r['client_work_per_client_s'] / r['client_work_one_call_s']:>5.2f}x")
     print("Target: hybrid at least as fast as tff on CPU (tff/hybrid >= 1). The prototype measured "

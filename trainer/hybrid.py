@@ -36,7 +36,7 @@ from tensorflow_federated.python.aggregators import factory_utils
 from tensorflow_federated.python.learning import tensor_utils
 
 from tasks.config import ExperimentConfig
-from trainer import aggregators, algorithms
+from trainer import aggregators, algorithms, stacked
 
 ModelWeights = tff.learning.models.ModelWeights
 
@@ -54,6 +54,8 @@ class Cohort:
     y: np.ndarray
     starts: np.ndarray
     lengths: np.ndarray
+    # (x [K, steps, batch, features], y, mask) for the lock-step path (trainer/stacked.py), when it is used.
+    padded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def of(cls, examples: Sequence[tuple[np.ndarray, np.ndarray]], x_shape: tuple[int, ...]) -> Cohort:
@@ -67,6 +69,11 @@ class Cohort:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+
+def _client_slices(cohort: Cohort) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    return ([cohort.x[a : a + n] for a, n in zip(cohort.starts, cohort.lengths, strict=True)],
+            [cohort.y[a : a + n] for a, n in zip(cohort.starts, cohort.lengths, strict=True)])
 
 
 def aggregation_process(cfg: ExperimentConfig, update_type: tff.Type) -> tff.templates.AggregationProcess:
@@ -90,7 +97,9 @@ class HybridEngine:
     """
 
     def __init__(self, cfg: ExperimentConfig, model_fn: Callable[[], tff.learning.models.VariableModel],
-                 process: tff.learning.templates.LearningProcess) -> None:
+                 process: tff.learning.templates.LearningProcess, *, lock_step: bool | None = None) -> None:
+        """``lock_step``: train the cohort's clients in lock-step (trainer/stacked.py); None = wherever it
+        applies (dense-only models, local SGD), False = always one client after another."""
         if cfg.algorithm not in algorithms.ALGORITHMS:
             raise Error(f"The hybrid engine runs {sorted(algorithms.ALGORITHMS)}. Got {cfg.algorithm!r}.")
         self.cfg = cfg
@@ -124,7 +133,45 @@ class HybridEngine:
         ]
         self.train_cohort = tf.function(self._train_cohort, input_signature=signature)
         self.train_cohort_mean = tf.function(self._train_cohort_mean, input_signature=signature)
+        self.lock_step = self._lock_step_clients(hparams_spec) if lock_step is not False else None
+        if lock_step and self.lock_step is None:
+            raise Error("lock_step needs a Flatten/Dense model trained by local SGD (not fedsgd). "
+                        "Fix: lock_step=None to use it where it applies.")
+        if self.lock_step is not None:
+            features = int(np.prod(x_spec.shape[1:]))
+            padded = [tf.TensorSpec([None, None, cfg.batch_size, features], tf.float32),
+                      tf.TensorSpec([None, None, cfg.batch_size], tf.int64),
+                      tf.TensorSpec([None, None, cfg.batch_size], tf.float32)]
+            self.train_lock_step = tf.function(
+                lambda w, lr, x, y, m: self.lock_step.train(w, lr, x, y, m, reduce_mean=False),
+                input_signature=[trainable_specs, tf.TensorSpec([], tf.float32), *padded])
+            self.train_lock_step_mean = tf.function(
+                lambda w, lr, x, y, m: self.lock_step.train(w, lr, x, y, m, reduce_mean=True),
+                input_signature=[trainable_specs, tf.TensorSpec([], tf.float32), *padded])
         self._server_step = tf.function(self._apply_server_optimizer)
+
+    def _lock_step_clients(self, hparams_spec) -> stacked.StackedDenseClients | None:
+        layers = stacked.dense_layers(getattr(self.model, "_keras_model", None) or tf.keras.Sequential())
+        names = [m.name for m in self.model.get_metrics()]
+        # The lock-step path implements plain SGD (w - lr * g) alone: the client optimizer's hyper-parameters
+        # must be just its learning rate (momentum would add more). FedAvg keeps them in the learning state
+        # (client_work); FedProx's client work has no state and uses the optimizer's own.
+        specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.model.trainable_variables]
+        own = self.client_optimizer.get_hparams(self.client_optimizer.initialize(specs))
+        keys = list(self._client_work_structure) if isinstance(self._client_work_structure, dict) else []
+        plain_sgd = list(own) == ["learning_rate"] and keys in ([], ["learning_rate"]) and len(hparams_spec) == len(keys)
+        self._learning_rate_index = 0 if keys else None
+        if self.fedsgd or layers is None or sorted(names) != sorted(stacked.METRICS) or not plain_sgd:
+            return None
+        return stacked.StackedDenseClients(layers, proximal_strength=self.proximal_strength, weighted=self.weighted)
+
+    def prepare(self, examples: Sequence[tuple[np.ndarray, np.ndarray]], x_shape: tuple[int, ...]) -> Cohort:
+        """A round's cohort in the layout the engine trains it from (run it in a background thread)."""
+        cohort = Cohort.of(examples, x_shape)
+        if self.lock_step is None:
+            return cohort
+        return dataclasses.replace(cohort, padded=stacked.pad_cohort(cohort.x, cohort.y, cohort.starts, cohort.lengths,
+                                                                     self.cfg.batch_size))
 
     # -- one round -------------------------------------------------------------------------------
     def next(self, state, cohort: Cohort):
@@ -133,14 +180,22 @@ class HybridEngine:
         trainable = [tf.convert_to_tensor(w) for w in weights.trainable]
         non_trainable = [tf.convert_to_tensor(w) for w in weights.non_trainable]
         hparams = [tf.convert_to_tensor(v) for v in tf.nest.flatten(state.client_work)]
-        arguments = (trainable, non_trainable, hparams, cohort.x, cohort.y, cohort.starts, cohort.lengths)
+        if self.lock_step is not None and cohort.padded is None:
+            cohort = self.prepare(list(zip(*_client_slices(cohort), strict=True)), cohort.x.shape[1:])
+        if cohort.padded is not None:
+            train, train_mean = self.train_lock_step, self.train_lock_step_mean
+            rate = hparams[0] if self._learning_rate_index is not None else self.cfg.client_learning_rate
+            arguments = (trainable, tf.cast(rate, tf.float32), *cohort.padded)
+        else:
+            train, train_mean = self.train_cohort, self.train_cohort_mean
+            arguments = (trainable, non_trainable, hparams, cohort.x, cohort.y, cohort.starts, cohort.lengths)
         if self.in_graph_mean:
             with tf.device(self.device):
-                aggregate, unfinalized = self.train_cohort_mean(*arguments)
+                aggregate, unfinalized = train_mean(*arguments)
             aggregator_state, measurements = state.aggregator, collections.OrderedDict()  # TFF's mean reports none
         else:
             with tf.device(self.device):
-                updates, client_weights, unfinalized = self.train_cohort(*arguments)
+                updates, client_weights, unfinalized = train(*arguments)
             updates = [u.numpy() for u in updates]
             per_client = [[u[k] for u in updates] for k in range(len(cohort))]
             output = self.aggregation.next(state.aggregator, per_client, list(client_weights.numpy()))

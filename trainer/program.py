@@ -261,11 +261,13 @@ class RoundRunner:
     """Runs one round on the chosen engine; the hybrid's next cohort is prepared in a background
     thread while the current round trains (input loading overlaps compute)."""
 
-    def __init__(self, exp: Experiment, engine: str, clients: dict, index: dict, client_ids: list[str]) -> None:
+    def __init__(self, exp: Experiment, engine: str, clients: dict, index: dict, client_ids: list[str], *,
+                 lock_step: bool | None = None) -> None:
         if engine not in ("tff", "hybrid"):
             raise Error(f"engine must be 'tff' or 'hybrid'. Got {engine!r}.")
         self.exp, self.engine, self.clients, self.index, self.client_ids = exp, engine, clients, index, client_ids
-        self.hybrid = hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process) if engine == "hybrid" else None
+        self.hybrid = (hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process, lock_step=lock_step)
+                       if engine == "hybrid" else None)
         self._pool = concurrent.futures.ThreadPoolExecutor(1) if self.hybrid else None
         self._pending: dict[int, concurrent.futures.Future] = {}
 
@@ -275,7 +277,7 @@ class RoundRunner:
     def _cohort(self, round_num: int) -> hybrid.Cohort:
         examples = [client_examples(self.exp, self.clients[cid], self.index[cid], round_num)
                     for cid in self.sampled(round_num)]
-        return hybrid.Cohort.of(examples, model_input_shape(self.exp.manifest))
+        return self.hybrid.prepare(examples, model_input_shape(self.exp.manifest))
 
     def next(self, state, round_num: int, until_round: int):
         """Returns (state, metrics) after ``round_num``."""

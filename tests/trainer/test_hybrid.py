@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tasks import metrics_log, shards
 from tests.trainer.conftest import NUM_CLASSES, checkpoint, synthetic_client
-from trainer import program
+from trainer import hybrid, program
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,21 +43,28 @@ def run_config(**overrides) -> dict:
     return {"num_clients": 8, "clients_per_round": 4, "local_epochs": 2, "batch_size": 7, **overrides}
 
 
-def one_round_both_engines(run):
-    """(tff, hybrid) results of round 1 from the same seeded round-0 state: ((state, metrics), ...)."""
+def one_round_all_engines(run, lock_step_modes=(False, None)):
+    """Round 1 from the same seeded round-0 state on the tff engine, then on the hybrid with each
+    ``lock_step`` mode (False: one client after another; None: lock-step where it applies):
+    [(state, metrics, engine or None for tff), ...]."""
     exp = program.load_experiment(run.root)
     state = program.initial_state(exp)
     ids = exp.manifest.client_ids("train")
     clients = {cid: program.read_client(exp, "train", cid) for cid in ids}
     index = {cid: i for i, cid in enumerate(ids)}
-    results = []
-    for engine in ("tff", "hybrid"):
-        runner = program.RoundRunner(exp, engine, clients, index, ids)
-        try:
-            results.append(runner.next(state, 1, 1))
-        finally:
-            runner.close()
+    runner = program.RoundRunner(exp, "tff", clients, index, ids)
+    results = [(*runner.next(state, 1, 1), None)]
+    examples = [program.client_examples(exp, clients[cid], index[cid], 1) for cid in runner.sampled(1)]
+    for lock_step in lock_step_modes:
+        engine = hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process, lock_step=lock_step)
+        results.append((*engine.next(state, engine.prepare(examples, program.model_input_shape(exp.manifest))), engine))
     return results
+
+
+def one_round_both_engines(run):
+    """(tff, hybrid) results of round 1 from the same seeded round-0 state: ((state, metrics), ...)."""
+    (tff_state, tff_metrics, _), (hybrid_state, hybrid_metrics, _) = one_round_all_engines(run, (None,))
+    return (tff_state, tff_metrics), (hybrid_state, hybrid_metrics)
 
 
 def numeric_leaves(structure) -> list[np.ndarray]:
@@ -90,14 +97,18 @@ PARITY_CASES = {
 
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_one_round_equals_the_tff_learning_process(make_run, case):
+    """Both client-work paths of the hybrid: one client after another, and lock-step (MLP, local SGD)."""
     run = make_run(case, **run_config(**PARITY_CASES[case]))
-    (tff_state, tff_metrics), (hybrid_state, hybrid_metrics) = one_round_both_engines(run)
-    assert max_abs_difference(tff_state.global_model_weights, hybrid_state.global_model_weights) <= 1e-6
-    assert max_abs_difference(tff_state, hybrid_state) <= 1e-6  # optimizer, clip estimates, noise seeds ...
-    tff_row, hybrid_row = program.round_metrics(tff_metrics), program.round_metrics(hybrid_metrics)
-    assert tff_row.keys() == hybrid_row.keys()
-    for key, value in tff_row.items():
-        assert hybrid_row[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    (tff_state, tff_metrics, _), *hybrids = one_round_all_engines(run)
+    assert hybrids[0][2].lock_step is None
+    assert (hybrids[1][2].lock_step is not None) == (case not in ("fedsgd", "cnn"))
+    for hybrid_state, hybrid_metrics, _ in hybrids:
+        assert max_abs_difference(tff_state.global_model_weights, hybrid_state.global_model_weights) <= 1e-6
+        assert max_abs_difference(tff_state, hybrid_state) <= 1e-6  # optimizer, clip estimates, noise seeds ...
+        tff_row, hybrid_row = program.round_metrics(tff_metrics), program.round_metrics(hybrid_metrics)
+        assert tff_row.keys() == hybrid_row.keys()
+        for key, value in tff_row.items():
+            assert hybrid_row[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
 def test_dp_noise_is_the_configured_gaussian_and_the_same_seeded_noise_as_tff(make_run):
@@ -129,11 +140,14 @@ def test_a_client_update_with_a_non_finite_value_is_zeroed_as_tff_does(make_run,
         return examples
 
     monkeypatch.setattr(program, "read_client", poisoned)
-    run = make_run("nan", **run_config(clients_per_round=8))
-    (tff_state, tff_metrics), (hybrid_state, hybrid_metrics) = one_round_both_engines(run)
-    assert max_abs_difference(tff_state, hybrid_state) <= 1e-6
-    assert program.round_metrics(hybrid_metrics)["train_examples"] == sum([5, 13, 24, 17, 40, 9, 22]) * 2
-    assert program.round_metrics(tff_metrics) == pytest.approx(program.round_metrics(hybrid_metrics), rel=1e-6)
+    for case in ({}, {"algorithm": "fedavg_unweighted"}, {"aggregator": "robust"}):
+        run = make_run(f"nan_{len(case)}_{'_'.join(case.values())}", **run_config(clients_per_round=8, **case))
+        (tff_state, tff_metrics, _), *hybrids = one_round_all_engines(run)
+        for hybrid_state, hybrid_metrics, _ in hybrids:
+            assert max_abs_difference(tff_state, hybrid_state) <= 1e-6
+            assert program.round_metrics(hybrid_metrics)["train_examples"] == sum([5, 13, 24, 17, 40, 9, 22]) * 2
+            assert program.round_metrics(tff_metrics) == pytest.approx(program.round_metrics(hybrid_metrics),
+                                                                       rel=1e-6)
 
 
 # Measured here: after 6 rounds of this MLP the two engines' weights differ by 3e-8 and the train loss
@@ -187,23 +201,26 @@ PLACEMENT_SCRIPT = textwrap.dedent("""
     state = program.initial_state(exp)
     engine = hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process)
     rng = np.random.default_rng(0)
-    def cohort(sizes):
-        c = hybrid.Cohort.of([(rng.uniform(size=(n, 8, 8, 1)).astype(np.float32), rng.integers(0, 4, n))
-                              for n in sizes], (8, 8, 1))
-        return tuple(tf.constant(a) for a in (c.x, c.y, c.starts, c.lengths))
+    def cohort(sizes, padded=False):
+        c = engine.prepare([(rng.uniform(size=(n, 8, 8, 1)).astype(np.float32), rng.integers(0, 4, n))
+                            for n in sizes], (8, 8, 1))
+        return tuple(tf.constant(a) for a in (c.padded if padded else (c.x, c.y, c.starts, c.lengths)))
     w = state.global_model_weights
     args = ([tf.constant(v) for v in w.trainable], [tf.constant(v) for v in w.non_trainable],
             [tf.constant(v) for v in tf.nest.flatten(state.client_work)])
-    small, large = cohort([7, 3]), cohort([70, 33, 5, 61])
+    lock_step_args = (args[0], tf.constant(0.1))
     result = {}
-    for function in (engine.train_cohort, engine.train_cohort_mean):  # TFF's aggregation / the in-graph mean
-        name = function.__name__
-        function(*args, *cohort([3]))  # the one trace
+    # One client after another (for TFF's aggregation / with the in-graph mean), and the MLP in lock-step.
+    for name, function, fixed, padded in (("_train_cohort", engine.train_cohort, args, False),
+                                          ("_train_cohort_mean", engine.train_cohort_mean, args, False),
+                                          ("lock_step_mean", engine.train_lock_step_mean, lock_step_args, True)):
+        small, large = cohort([7, 3], padded), cohort([70, 33, 5, 61], padded)
+        function(*fixed, *cohort([3], padded))  # the one trace
         for size, c in (("small", small), ("large", large)):
             print(f"@@begin {name} {size}", file=sys.stderr, flush=True)
-            function(*args, *c)
+            function(*fixed, *c)
             print(f"@@end {name} {size}", file=sys.stderr, flush=True)
-        graph = function.get_concrete_function(*args, *small).graph
+        graph = function.get_concrete_function(*fixed, *small).graph
         ops = {op.type for op in graph.get_operations()}
         for f in graph.as_graph_def().library.function:
             ops |= {node.op for node in f.node_def}
@@ -214,20 +231,20 @@ PLACEMENT_SCRIPT = textwrap.dedent("""
 
 def test_a_cohort_of_clients_trains_in_one_graph_call_with_no_python_or_numpy_per_batch(make_run):
     """With TF's placement logging on, training 2 clients (2 batches) and 4 clients (25 batches) each
-    executes exactly one op eagerly: the compiled cohort function. Its graph loops (While) and holds no
-    Python/numpy callbacks, and clients of other sizes reuse the single trace."""
+    executes exactly one op eagerly: the compiled cohort function (each of the three client-work paths).
+    Its graph loops (While) and holds no Python/numpy callbacks; clients of other sizes reuse the trace."""
     run = make_run("placement", **run_config())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "0", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", PLACEMENT_SCRIPT, str(run.root)], env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL, start_new_session=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.split("@@result ")[1].splitlines()[0])
-    for name in ("_train_cohort", "_train_cohort_mean"):
+    for name in ("_train_cohort", "_train_cohort_mean", "lock_step_mean"):
         for size in ("small", "large"):
             section = done.stderr.split(f"@@begin {name} {size}")[1].split(f"@@end {name} {size}")[0]
             executed = [line for line in section.splitlines() if "Executing op" in line]
             assert len(executed) == 1, executed
-            assert f"__inference_{name}_" in executed[0] and "device:CPU:0" in executed[0]
+            assert "Executing op __inference_" in executed[0] and "device:CPU:0" in executed[0]
         assert results[name]["traces"] == 1
         assert "While" in results[name]["ops"] or "StatelessWhile" in results[name]["ops"]
         assert not {"PyFunc", "EagerPyFunc", "PyFuncStateless"} & set(results[name]["ops"])
