@@ -5,9 +5,9 @@ Ratios are measured in this run (the machine is shared and noisy: compare only n
 
     make bench-engines      # runs in the TFF environment; prints the device TensorFlow trains on
 
-Workload: digits-like 8x8 images, 10 classes, 100 clients of 20-80 examples, 2 local epochs, batch 20,
-client SGD 0.1, server SGD 1.0, the demo's CNN (101,770 parameters) and an MLP; K = 10 and 50 clients
-per round. Each engine runs ROUNDS rounds from the same seeded start; the first round (tracing) is
+Workload: digits-like 8x8 images, 10 classes, 300 clients of 20-80 examples, 2 local epochs, batch 20,
+client SGD 0.1, server SGD 1.0, the demo's CNN (53,002 parameters) and the MLP (9,610); K = 10, 50
+and 200 clients per round. Each engine runs ROUNDS rounds from the same seeded start; the first round (tracing) is
 reported apart from the median of the rest.
 """
 
@@ -45,7 +45,7 @@ def synthetic_clients(num_clients: int, seed: int = 0):
 def stage(root: Path) -> Path:
     from tasks import shards
 
-    train, test = synthetic_clients(100)
+    train, test = synthetic_clients(300)
     out = root / "staged"
     out.mkdir()
     shards.write_dataset(
@@ -62,7 +62,7 @@ def make_run(root: Path, staged: Path, name: str, **overrides) -> Path:
     from tasks.config import ExperimentConfig
     from tasks.paths import RunPaths
 
-    cfg = ExperimentConfig(**{"num_clients": 100, "min_examples_per_client": 1, "local_epochs": 2, "batch_size": 20,
+    cfg = ExperimentConfig(**{"num_clients": 300, "min_examples_per_client": 1, "local_epochs": 2, "batch_size": 20,
                               "client_learning_rate": 0.1, "rounds": ROUNDS, "rounds_per_chunk": ROUNDS,
                               "eval_every": 1000, **overrides})
     run = RunPaths(root / name)

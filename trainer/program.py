@@ -329,6 +329,9 @@ def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
     heldout = [clients[cid] for cid in all_ids[len(client_ids) :]]
     test = read_split(exp, "test")
     runner = RoundRunner(exp, engine, clients, index, client_ids)
+    if engine == "tff" and tf.config.list_physical_devices("GPU"):
+        log.warning("This machine has a GPU, but the tff engine computes in TFF's CPU-only worker_binary "
+                    "(google-parfait/tensorflow-federated#4600). Fix: engine='hybrid' trains on the GPU.")
     log.info("Training rounds %d-%d on the %s engine%s", start_round + 1, until_round, engine,
              f" ({runner.hybrid.device})" if runner.hybrid else "")
     try:
