@@ -14,8 +14,11 @@ reported apart from the median of the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +73,23 @@ def make_run(root: Path, staged: Path, name: str, **overrides) -> Path:
     atomic.write_json(run.config, cfg.to_dict())
     atomic.write_json(run.staged, {"path": str(staged), "fingerprint": "bench"})
     return run.root
+
+
+@contextlib.contextmanager
+def gpu_utilisation(samples: list[float]):
+    """Samples ``nvidia-smi``'s GPU utilisation (%) every 200 ms into ``samples`` while the block runs
+    (nothing without nvidia-smi)."""
+    if not shutil.which("nvidia-smi"):
+        yield
+        return
+    sampler = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                "-lms", "200"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield
+    finally:
+        sampler.terminate()
+        out, _ = sampler.communicate(timeout=10)
+        samples.extend(float(line.split(",")[0]) for line in out.splitlines() if line.strip()[:1].isdigit())
 
 
 def time_engine(exp, engine: str, lock_step: bool | None = None) -> tuple[float, float]:
@@ -155,7 +175,9 @@ def main() -> None:
                 exp = program.load_experiment(make_run(root, staged, f"{model}_{k}", model=model, clients_per_round=k))
                 tff_first, tff_s = time_engine(exp, "tff")
                 exp = program.load_experiment(make_run(root, staged, f"{model}_{k}_h", model=model, clients_per_round=k))
-                hybrid_first, hybrid_s = time_engine(exp, "hybrid")
+                utilisation: list[float] = []
+                with gpu_utilisation(utilisation):
+                    hybrid_first, hybrid_s = time_engine(exp, "hybrid")
                 loop_s = None
                 if model == "mlp":  # the lock-step path applies: also time one client after another
                     exp = program.load_experiment(make_run(root, staged, f"{model}_{k}_l", model=model,
@@ -165,6 +187,7 @@ def main() -> None:
                 one_call_s, per_client_s = time_client_work(exp)
                 results.append({"model": model, "clients_per_round": k, "tff_first_s": tff_first, "tff_s": tff_s,
                                 "hybrid_first_s": hybrid_first, "hybrid_s": hybrid_s, "hybrid_client_loop_s": loop_s,
+                                "hybrid_gpu_utilisation_mean": statistics.mean(utilisation) if utilisation else None,
                                 "client_work_one_call_s": one_call_s, "client_work_per_client_s": per_client_s})
                 print(f"  done {model} K={k}", flush=True)
     print(f"\nSeconds per round, tff vs hybrid engine (trainer's RoundRunner; median of rounds 2-{ROUNDS}; "
@@ -180,6 +203,9 @@ def main() -> None:
               f"{r['hybrid_s']:>7.3f} ({r['hybrid_first_s']:>6.2f}) {r['tff_s'] / r['hybrid_s']:>9.2f}x {loop} "
               f"{r['client_work_one_call_s']:>13.3f}s {r['client_work_per_client_s']:>13.3f}s "
               f"{r['client_work_per_client_s'] / r['client_work_one_call_s']:>5.2f}x")
+    if any(r["hybrid_gpu_utilisation_mean"] is not None for r in results):
+        print("GPU utilisation while the hybrid ran (nvidia-smi, mean %): " + ", ".join(
+            f"{r['model']} K={r['clients_per_round']}: {r['hybrid_gpu_utilisation_mean']:.0f}" for r in results))
     print("Target: hybrid at least as fast as tff on CPU (tff/hybrid >= 1). The prototype measured "
           "0.19-0.34 s/round (tff) vs 0.11-0.19 (hybrid) for the CNN at K=10.")
     if args.json:

@@ -180,7 +180,8 @@ def train_chunk(handle: Mapping[str, str], chunk_index: int, *, attempt: tuple[s
         tracking.log_artifact(run, run.chunk_log(chunk_index), "logs")
         tracking.set_tags(run, tracking.environment_tags(run))
     return {"status": "trained", "chunk": chunk_index, "round": target, "rounds_synced_at_end": synced,
-            "mlflow_reachable": synced is not None, "worker": worker_role()}
+            "mlflow_reachable": synced is not None, "worker": worker_role(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:

@@ -10,7 +10,8 @@
   on CeleryExecutor (metadata and Celery results in ``airflow``, Redis as the broker);
 - ``worker-default``: a Celery worker of queue ``default`` (concurrency 2), ``FEDFLOW_WORKER_ROLE=default``;
 - ``worker-gpu``: a Celery worker of queue ``gpu`` — the training chunks — with concurrency
-  ``FEDFLOW_GPU_CONCURRENCY`` (1), ``FEDFLOW_WORKER_ROLE=gpu``. The `gpu` pool (one slot per GPU)
+  ``FEDFLOW_GPU_CONCURRENCY`` (1), ``FEDFLOW_WORKER_ROLE=gpu``, pinned to one GPU with
+  ``CUDA_VISIBLE_DEVICES`` = ``FEDFLOW_GPU_DEVICE`` (0); the default worker sees no GPU. The `gpu` pool (one slot per GPU)
   limits the chunks of all runs together; this concurrency only bounds what the worker accepts.
 
 PostgreSQL refuses to run as root: as root its files live in ``/var/lib/postgresql/fedflow/<hash of
@@ -127,13 +128,13 @@ def components(s: servers.Settings) -> list[servers.Component]:
     mlflow = paths.PROJECT_ROOT / ".venv" / "bin" / "mlflow"
     airflow = str(paths.PROJECT_ROOT / "scripts" / "airflow")
 
-    def worker(role: str, concurrency: int) -> servers.Component:
+    def worker(role: str, concurrency: int, cuda_devices: str) -> servers.Component:
         # Distinct Celery names (two workers on one host); no log server: both would bind 8793 on every
         # interface, and the api-server reads task logs from $AIRFLOW_HOME/logs on this machine anyway.
         return servers.Component(f"worker-{role}", [
             airflow, "celery", "worker", "--queues", role, "--concurrency", str(concurrency),
             "--celery-hostname", f"{role}@%h", "--skip-serve-logs", "--without-mingle", "--without-gossip",
-        ], env={"FEDFLOW_WORKER_ROLE": role})
+        ], env={"FEDFLOW_WORKER_ROLE": role, "CUDA_VISIBLE_DEVICES": cuda_devices})
 
     return [
         servers.Component("mlflow", [
@@ -150,8 +151,10 @@ def components(s: servers.Settings) -> list[servers.Component]:
         servers.Component("scheduler", [airflow, "scheduler", "--skip-serve-logs"]),
         servers.Component("dag-processor", [airflow, "dag-processor"]),
         servers.Component("triggerer", [airflow, "triggerer", "--skip-serve-logs"]),
-        worker("default", DEFAULT_WORKER_CONCURRENCY),
-        worker("gpu", s.gpu_concurrency),
+        # The gpu worker (and the trainers it starts) sees one GPU, FEDFLOW_GPU_DEVICE (default 0); the
+        # default worker none: staging and evaluation must not take GPU memory from the training chunks.
+        worker("default", DEFAULT_WORKER_CONCURRENCY, ""),
+        worker("gpu", s.gpu_concurrency, os.environ.get("FEDFLOW_GPU_DEVICE", "0")),
     ]
 
 

@@ -116,7 +116,8 @@ def test_two_concurrent_runs_train_on_the_gpu_worker_one_chunk_at_a_time_tracked
         trained = [ti for ti in tis[r] if ti["task_id"].startswith("train_chunk_") and ti["state"] == "success"]
         assert len(trained) == chunks_per_run, tis[r]
         for ti in trained:
-            assert api.xcom(DAG_ID, r, ti["task_id"])["worker"] == "gpu", ti["task_id"]
+            chunk = api.xcom(DAG_ID, r, ti["task_id"])
+            assert chunk["worker"] == "gpu" and chunk["cuda_visible_devices"] == "0", (ti["task_id"], chunk)
         for task_id in ("stage", "evaluate_and_register"):
             assert api.xcom(DAG_ID, r, task_id)["worker"] == "default", task_id
 

@@ -4,6 +4,7 @@ import re
 import jsonschema
 import pytest
 
+from tasks import config as config_module
 from tasks.config import MAX_CHUNKS, ConfigError, ExperimentConfig, param_schemas
 
 # (field, bad value): each must be rejected by ExperimentConfig and by the field's JSON schema.
@@ -208,3 +209,13 @@ def test_optional_text_fields_accept_null_from_the_trigger_form_as_not_set():
     assert schemas["rounds"]["type"] == "integer"  # required fields stay non-nullable
     with pytest.raises(ConfigError, match="rounds must be of type integer"):
         ExperimentConfig.from_mapping({"rounds": None})
+
+
+def test_the_engine_is_tff_or_hybrid_and_the_hybrid_refuses_an_algorithm_it_does_not_run(monkeypatch):
+    assert ExperimentConfig().engine == "tff"
+    with pytest.raises(ConfigError, match=r"engine must be one of \['tff', 'hybrid'\]"):
+        ExperimentConfig(engine="gpu")
+    monkeypatch.setattr(config_module, "HYBRID_ALGORITHMS", ("fedavg",))
+    with pytest.raises(ConfigError, match="runs on the 'tff' engine only.*Fix: engine='tff'"):
+        ExperimentConfig(engine="hybrid", algorithm="fedprox")
+    assert ExperimentConfig(engine="hybrid").engine == "hybrid"
