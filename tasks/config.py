@@ -27,10 +27,12 @@ PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
 PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
 SPLITS = ("auto", "central", "within_client", "by_client", "source")
-MODELS = ("cnn", "mlp")
+MODELS = ("cnn", "mlp", "softmax")
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
-CLIENT_SAMPLING = ("uniform", "poisson")
+CLIENT_SAMPLING = ("uniform", "poisson", "fixed")
+# Recipe sizes (recipes/<name>.yaml): "default" runs in minutes on 2 cores, "full" as the tutorial, "tiny" in tests.
+RECIPE_VARIANTS = ("default", "full", "tiny")
 # Training engines (README "Training on a GPU"): TFF's learning processes in worker_binary (the reference,
 # CPU only in TFF's pip build), or client work as a tf.function in the trainer (a GPU when one is visible)
 # with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all of ALGORITHMS today).
@@ -60,6 +62,18 @@ def _field(default: Any, *, section: str, title: str, description: str, **schema
 class ExperimentConfig:
     """A complete, validated federated-training experiment. Construct it; it checks itself."""
 
+    # -- recipe ---------------------------------------------------------------------------------
+    recipe: str = _field(
+        "none", section="Recipe", title="Recipe", pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="A committed experiment reproducing a TFF tutorial (recipes/<name>.yaml): its settings replace "
+        "the defaults below, and every parameter you change from its default overrides the recipe. The run ends "
+        "with a reference check against the tutorial's claims. 'none': no recipe.",
+    )
+    recipe_variant: str = _field(
+        "default", section="Recipe", title="Recipe size", enum=list(RECIPE_VARIANTS),
+        description="'default': minutes on 2 cores; 'full': the tutorial's own size where the data allows; "
+        "'tiny': seconds (tests).",
+    )
     # -- data -------------------------------------------------------------------------------
     dataset: str = _field(
         "digits", section="Data", title="Dataset", enum=list(DATASETS),
@@ -151,7 +165,8 @@ class ExperimentConfig:
     # -- model and algorithm ----------------------------------------------------------------
     model: str = _field(
         "cnn", section="Model", title="Model", enum=list(MODELS),
-        description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer.",
+        description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer; 'softmax': zero-initialised "
+        "softmax regression (TFF's image-classification tutorial).",
     )
     algorithm: str = _field(
         "fedavg", section="Algorithm", title="Algorithm", enum=list(ALGORITHMS),
@@ -176,7 +191,8 @@ class ExperimentConfig:
     client_sampling: str = _field(
         "uniform", section="Algorithm", title="Client sampling", enum=list(CLIENT_SAMPLING),
         description="'uniform': exactly clients_per_round clients; 'poisson': each client joins a round "
-        "independently with probability clients_per_round / num_clients (what DP accounting assumes).",
+        "independently with probability clients_per_round / num_clients (what DP accounting assumes); 'fixed': "
+        "the first clients_per_round clients every round (as TFF's image-classification tutorial).",
     )
     local_epochs: int = _field(
         2, section="Algorithm", title="Local epochs", minimum=1, maximum=100,

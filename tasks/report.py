@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No finished run under {paths.runs_root()}. Fix: run `make demo`.", file=sys.stderr)
         return 1
     print(render(atomic.read_json(path), args.seconds))
+    reference = path.parent / "reference" / "reference_check.md"
+    if reference.exists():  # a recipe run: the tutorial's claims against this run
+        print("Reference check (the tutorial's claims; also in MLflow under reference/):")
+        print(reference.read_text())
     return 0
 
 

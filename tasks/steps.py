@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, launch, metrics_log, paths, plots, privacy, shards, tracking
+from tasks import atomic, launch, metrics_log, paths, plots, privacy, recipes, reference, shards, tracking
 from tasks import stage as staging
 from tasks import validate as validation
 from tasks.checkpoints import CheckpointStore
@@ -23,7 +23,7 @@ from tasks.sources.base import SourceError
 from tasks.validate import DataValidationError
 
 __all__ = ["ConfigError", "DataValidationError", "StageInputError", "evaluate_and_register", "finish_data_run",
-           "load", "mark_failed", "resolve", "stage", "train_chunk", "validate"]
+           "load", "mark_failed", "reference_check", "resolve", "stage", "train_chunk", "validate"]
 
 # Staging failures caused by the input (source file, partition settings): a retry cannot fix them.
 StageInputError = (SourceError, SchemaError, staging.PartitionError)
@@ -49,6 +49,10 @@ def resolve(
     """
     if not training:  # no rounds to sample: the default clients_per_round must not bind small data sets
         params = {"clients_per_round": 1, **params}
+    try:
+        params = recipes.apply(params)  # a recipe's settings under the params a user changed
+    except recipes.RecipeError as e:
+        raise ConfigError(str(e)) from e
     cfg = ExperimentConfig.from_mapping(params)
     if training:
         cfg.check_trainable()
@@ -218,6 +222,28 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
     log.info("Result: %s", result)
     log.info("Summary: %s", summary)
     return summary
+
+
+def reference_check(handle: Mapping[str, str]) -> dict[str, Any]:
+    """A recipe run's reference check: the tutorial's claims against this run's values, as a table
+    artifact and tags on the MLflow run (tasks/reference.py). ``status`` ``no-recipe`` otherwise."""
+    cfg, run = load(handle)
+    if cfg.recipe == recipes.NO_RECIPE:
+        return {"status": "no-recipe"}
+    recipe = recipes.load(cfg.recipe)
+    rows = reference.evaluate(recipe.checks, reference.RunValues(run))
+    outcome = reference.summary(rows)
+    for path in reference.write(rows, run.root / "reference"):
+        tracking.log_artifact(run, path, "reference")
+    tracking.set_tags(run, {"fedflow.recipe": cfg.recipe, "fedflow.recipe_variant": cfg.recipe_variant,
+                            "fedflow.tutorial": recipe.tutorial, "fedflow.reference_check": outcome,
+                            **{f"fedflow.reference.{r['check']}": r["result"] for r in rows}})
+    for r in rows:
+        (log.info if r["result"] == "pass" else log.warning)(
+            "Reference check %s: %s | claim: %s | measured: %s | rule: %s", r["check"], r["result"].upper(),
+            r["claim"], r["measured"], r["rule"])
+    log.info("Reference check of recipe %s (%s): %s", cfg.recipe, recipe.tutorial, outcome)
+    return {"status": outcome, "recipe": cfg.recipe, "checks": rows}
 
 
 def record_attempt(handle: Mapping[str, str], task_id: str, try_number: int) -> None:

@@ -4,15 +4,12 @@ vs ε and vs bits per parameter. Plain Python; matplotlib is imported by the fun
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic
+from tasks import tables
 
 # Result columns of the comparison, from final.json and the last metrics.jsonl row that has each.
 RESULT_COLUMNS = ("final_test_accuracy", "final_test_loss", "epsilon", "epsilon_pld", "delta", "bits_per_parameter",
@@ -35,30 +32,11 @@ def write_tables(rows: Sequence[Mapping[str, Any]], grid_names: Sequence[str], o
                  champion: Mapping[str, Any] | None) -> list[Path]:
     """``comparison.csv`` (raw values), ``comparison.md`` and ``comparison.html`` (rounded; the champion
     marked). Returns their paths."""
-    columns = table_columns(grid_names)
     records = [{**r, "champion": "yes" if champion is not None and r["point"] == champion["point"] else ""}
                for r in rows]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: "" if r.get(c) is None else r.get(c) for c in columns} for r in records)
-    shown = [[_cell(r.get(c), rounded=c in RESULT_COLUMNS) for c in columns] for r in records]
-    markdown = "\n".join(["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
-                          *("| " + " | ".join(s.replace("|", "\\|") for s in row) + " |" for row in shown)])
-    body = "".join("<tr{}>{}</tr>".format(' class="champion"' if r["champion"] else "",
-                                           "".join(f"<td>{html.escape(s)}</td>" for s in row))
-                   for r, row in zip(records, shown, strict=True))
-    page = ("<!doctype html><meta charset=utf-8><style>table{border-collapse:collapse;font:13px sans-serif}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.champion{font-weight:bold;"
-            "background:#fff6d5}</style><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-            + f"</tr>{body}</table>\n")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("comparison.csv", buffer.getvalue()), ("comparison.md", markdown + "\n"),
-                       ("comparison.html", page)):
-        atomic.write_bytes(out_dir / name, text.encode())
-        written.append(out_dir / name)
-    return written
+    return tables.write(records, table_columns(grid_names), out_dir, "comparison",
+                        cell=lambda column, value: _cell(value, rounded=column in RESULT_COLUMNS),
+                        highlight=lambda r: "champion" if r["champion"] else "")
 
 
 def _cell(value: Any, *, rounded: bool) -> str:

@@ -22,8 +22,11 @@ def build_keras_model(name: str, input_shape: tuple[int, ...], num_classes: int)
         ]
     elif name == "mlp":
         body = [layers.Flatten(), layers.Dense(128, activation="relu")]
+    elif name == "softmax":  # TFF's image-classification tutorial: zero-initialised softmax regression
+        return tf.keras.Sequential([layers.Input(input_shape), layers.Flatten(),
+                                    layers.Dense(num_classes, kernel_initializer="zeros")], name=name)
     else:
-        raise ValueError(f"model must be 'cnn' or 'mlp'. Got {name!r}.")
+        raise ValueError(f"model must be 'cnn', 'mlp' or 'softmax'. Got {name!r}.")
     return tf.keras.Sequential([layers.Input(input_shape), *body, layers.Dense(num_classes)], name=name)
 
 

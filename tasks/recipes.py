@@ -1,0 +1,154 @@
+"""Recipes: one committed experiment per TensorFlow Federated tutorial, picked by name in the trigger form.
+
+A recipe file ``recipes/<name>.yaml``::
+
+    tutorial: federated_learning_for_image_classification     # the TFF tutorial it reproduces
+    title: Federated image classification
+    description: what the tutorial shows, in a sentence or two
+    data: what we train on here, and why it differs from the tutorial's download
+    differences: every setting that differs from the tutorial, and why
+    config:                    # ExperimentConfig fields: the default size (minutes on 2 cores)
+      model: softmax
+    variants:                  # overrides of config: 'full' (the tutorial's size), 'tiny' (tests)
+      full: {rounds: 50}
+      tiny: {rounds: 3}
+    checks:                    # the reference check (tasks/reference.py): the tutorial's claims
+      - {name: loss_falls, kind: decreasing, value: rows.train_loss, claim: "..."}
+
+How params and a recipe combine (:func:`apply`): the recipe's settings (with its variant) replace the
+config's defaults, and every param whose value differs from the config's default overrides the recipe.
+The trigger form always sends every param, so "differs from the default" is the only way to tell what
+a user set: a recipe value can be changed, but not back to the config's own default (pick no recipe).
+
+Module-level imports stay light (PyYAML, the config): the DAG files read the recipe names at parse time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks import paths
+from tasks.config import RECIPE_VARIANTS, ConfigError, ExperimentConfig
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+NO_RECIPE = "none"  # the config's default: no recipe
+_KEYS = ("tutorial", "title", "description", "data", "differences", "config", "variants", "checks")
+_REQUIRED = ("tutorial", "title", "description", "data", "config", "checks")
+_FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+_RECIPE_FIELDS = ("recipe", "recipe_variant")
+
+
+class Error(Exception):
+    """Base class for recipe errors."""
+
+
+class RecipeError(Error, ValueError):
+    """A recipe is unknown, its file is malformed, or one of its variants is not a valid experiment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    tutorial: str
+    title: str
+    description: str
+    data: str
+    differences: str
+    config: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    checks: list[dict[str, Any]]
+
+    def settings(self, variant: str = "default") -> dict[str, Any]:
+        """The recipe's config fields for ``variant`` (the config, then the variant's overrides)."""
+        if variant not in RECIPE_VARIANTS:
+            raise RecipeError(f"recipe_variant must be one of {list(RECIPE_VARIANTS)}. Got {variant!r}.")
+        return {**self.config, **self.variants.get(variant, {})}
+
+
+def recipes_dir() -> Path:
+    return Path(os.environ.get("FEDFLOW_RECIPES_DIR", paths.PROJECT_ROOT / "recipes"))
+
+
+def names() -> list[str]:
+    """The recipe names, sorted (the trigger form's enum)."""
+    directory = recipes_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.yaml") if _NAME.fullmatch(p.stem) and p.stem != NO_RECIPE)
+
+
+def load(name: str) -> Recipe:
+    """Reads and checks ``recipes/<name>.yaml``: its keys, and that every variant is a valid experiment."""
+    path = recipes_dir() / f"{name}.yaml"
+    if not _NAME.fullmatch(name or "") or name == NO_RECIPE or not path.is_file():
+        close = difflib.get_close_matches(name or "", names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"Unknown recipe {name!r}; the recipes are {names()}.{hint} "
+                          f"Fix: pick one of them (files in {recipes_dir()}).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}. Fix: correct the file.") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path} must be a mapping with keys {list(_KEYS)}. Got {type(raw).__name__}.")
+    unknown, missing = sorted(set(raw) - set(_KEYS)), [k for k in _REQUIRED if k not in raw]
+    if unknown or missing:
+        raise RecipeError(f"{path}: unknown keys {unknown}, missing keys {missing}. Expected {list(_KEYS)}; "
+                          f"required {list(_REQUIRED)}. Fix: correct the file.")
+    variants = raw.get("variants") or {}
+    if not isinstance(variants, dict) or set(variants) - set(RECIPE_VARIANTS):
+        raise RecipeError(f"{path}: variants must map some of {list(RECIPE_VARIANTS)} to settings. Got "
+                          f"{sorted(variants) if isinstance(variants, dict) else variants!r}.")
+    checks = raw["checks"]
+    if not isinstance(checks, list) or not checks or not all(isinstance(c, dict) and "name" in c for c in checks):
+        raise RecipeError(f"{path}: checks must be a non-empty list of mappings, each with a name. "
+                          "Fix: state the tutorial's claims the run must reproduce (tasks/reference.py).")
+    recipe = Recipe(name=name, path=path, tutorial=str(raw["tutorial"]), title=str(raw["title"]),
+                    description=str(raw["description"]).strip(), data=str(raw["data"]).strip(),
+                    differences=str(raw.get("differences", "")).strip(), config=dict(raw["config"] or {}),
+                    variants={k: dict(v or {}) for k, v in variants.items()}, checks=list(checks))
+    for variant in RECIPE_VARIANTS:
+        settings = recipe.settings(variant)
+        bad = sorted(set(settings) - set(_FIELDS) | set(settings) & set(_RECIPE_FIELDS))
+        if bad:
+            raise RecipeError(f"{path} ({variant}): {bad} are not experiment settings. Fix: use config fields "
+                              f"(close: {difflib.get_close_matches(bad[0], list(_FIELDS), n=1)}).")
+        try:
+            ExperimentConfig.from_mapping({**settings, "recipe": name, "recipe_variant": variant})
+        except ConfigError as e:
+            raise RecipeError(f"{path} ({variant}): {e}") from e
+    from tasks import reference  # noqa: PLC0415 - the check kinds; a light module
+
+    reference.validate_checks(recipe)
+    return recipe
+
+
+def apply(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the recipe they name filled in (see the module docstring); unchanged without one."""
+    name = params.get("recipe") or NO_RECIPE
+    if name == NO_RECIPE:
+        return dict(params)
+    variant = params.get("recipe_variant") or "default"
+    recipe = load(name)
+    changed = {key: value for key, value in params.items()
+               if key not in _RECIPE_FIELDS and key in _FIELDS and not _is_default(key, value)}
+    unknown = {key: value for key, value in params.items() if key not in _FIELDS}  # from_mapping names them
+    return {**recipe.settings(variant), **changed, **unknown, "recipe": name, "recipe_variant": variant}
+
+
+def _is_default(key: str, value: Any) -> bool:
+    default = _FIELDS[key].default
+    if value is None and default == "":  # an optional text field the trigger form left empty
+        return True
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value) == default
+    return value == default and type(value) is type(default)
