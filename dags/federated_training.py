@@ -15,6 +15,11 @@ simulated clients, and tracks everything in MLflow.
    does not need are skipped. Metrics stream into MLflow with `step = round`.
 5. **evaluate_and_register** evaluates the final model on the test split, logs it to MLflow and
    registers it (alias `candidate`).
+6. **reference_check** (recipe runs only; skipped otherwise) compares the run with the claims of the
+   TFF tutorial the recipe reproduces: a pass/fail table and tags on the MLflow run.
+
+Pick a **recipe** (section Recipe) to run a TFF tutorial as committed in `recipes/<name>.yaml`; the
+params you change from their defaults override it.
 """
 
 from __future__ import annotations
