@@ -82,12 +82,13 @@ RUN_LOG = $(or $(FEDFLOW_DATA_DIR),data)/recipe_$(RECIPE).log
 run: envs
 	@[ -n "$(RECIPE)" ] || { echo "make run: RECIPE is required, one of: $$(ls recipes | sed -n 's/\.yaml$$//p' | tr '\n' ' ')" >&2; exit 2; }
 	@mkdir -p "$(dir $(RUN_LOG))"
-	@echo "Running recipe $(RECIPE) ($(VARIANT)) with 'airflow dags test federated_training' (log: $(RUN_LOG)) ..."
-	@start=$$(date +%s); \
-	conf=$$(PYTHONPATH=$(ROOT) .venv/bin/python -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[3] or "{}"), "recipe": sys.argv[1], "recipe_variant": sys.argv[2]}))' '$(RECIPE)' '$(VARIANT)' '$(CONF)'); \
-	scripts/airflow dags test federated_training -c "$$conf" > "$(RUN_LOG)" 2>&1 \
+	@target=$$(PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.recipes trigger '$(RECIPE)' '$(VARIANT)' '$(CONF)') || exit 2; \
+	dag=$${target%%	*}; conf=$${target#*	}; start=$$(date +%s); \
+	echo "Running recipe $(RECIPE) ($(VARIANT)) with 'airflow dags test $$dag' (log: $(RUN_LOG)) ..."; \
+	scripts/airflow dags test "$$dag" -c "$$conf" > "$(RUN_LOG)" 2>&1 \
 	  || { echo "The DAG run failed; last lines of $(RUN_LOG):"; grep -E "ERROR|Error|Fix:" "$(RUN_LOG)" | tail -n 20; exit 1; }; \
-	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.report --seconds $$(( $$(date +%s) - start ))
+	PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.report --seconds $$(( $$(date +%s) - start )) \
+	  $$([ "$$dag" = federated_training ] || echo --sweep "$$dag")
 
 stage: .venv/.fedflow-stamp
 	@mkdir -p data

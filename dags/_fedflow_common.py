@@ -188,6 +188,8 @@ def training_chain() -> None:
         outcome = steps.reference_check(handle)
         if outcome["status"] == "no-recipe":
             raise AirflowSkipException("No recipe: nothing to check against a tutorial")
+        if outcome["status"] == "sweep-recipe":
+            raise AirflowSkipException(outcome["message"])
         return outcome
 
     resolved = resolve_task(training=True)()

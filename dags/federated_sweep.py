@@ -76,19 +76,30 @@ def _timetable(schedule: str | None):
     return CronTriggerTimetable(schedule, timezone="UTC")
 
 
-def build_sweep_dag(path: Path):
-    """The DAG of one sweep file. An invalid file still gets its DAG (unscheduled, its docs and its plan
-    task showing the error), so one broken file does not hide the other sweeps."""
+RECIPE_PARAMS = {
+    **PARAMS,
+    "recipe_variant": Param("default", type="string", enum=["default", "full", "tiny"], title="Recipe size",
+                            description="'default': minutes on 2 cores; 'full': the tutorial's size; 'tiny': tests."),
+}
+
+
+def build_sweep_dag(path: Path, *, recipe: bool = False):
+    """The DAG of one sweep file, or of a sweep recipe (``recipes/<name>.yaml`` with a grid; DAG
+    ``sweep_recipe_<name>``, with a size param). An invalid file still gets its DAG (unscheduled, its
+    docs and its plan task showing the error), so one broken file does not hide the other sweeps."""
+    from tasks import recipes
+
     try:
-        spec, problem = sweep.load(path), None
-    except sweep.SweepFileError as e:
+        spec = sweep.from_recipe(recipes.load(path.stem)) if recipe else sweep.load(path)
+        problem = None
+    except (sweep.SweepFileError, recipes.RecipeError) as e:
         spec, problem = None, str(e)
 
     @dag(
-        dag_id=sweep.dag_id_for(path),
+        dag_id=f"sweep_recipe_{path.stem}" if recipe else sweep.dag_id_for(path),
         schedule=_timetable(spec.schedule) if spec else None,
-        tags=["fedflow", "sweep"] if spec else ["fedflow", "sweep", "invalid"],
-        params=PARAMS,
+        tags=["fedflow", "sweep", *(["recipe"] if recipe else []), *([] if spec else ["invalid"])],
+        params=RECIPE_PARAMS if recipe else PARAMS,
         doc_md=_doc(path, spec, problem),
         **SWEEP_SETTINGS,
     )
@@ -100,7 +111,8 @@ def build_sweep_dag(path: Path):
                 if problem is not None:
                     raise sweep.SweepFileError(problem)
                 return sweep.plan(path, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                                  max_points=ctx["params"]["max_points"], overrides=ctx["params"]["overrides"])
+                                  max_points=ctx["params"]["max_points"], overrides=ctx["params"]["overrides"],
+                                  recipe_variant=ctx["params"]["recipe_variant"] if recipe else None)
             except sweep.SweepFileError as e:  # the file or the params must change first
                 raise AirflowFailException(str(e)) from e
 
@@ -131,3 +143,7 @@ def build_sweep_dag(path: Path):
 
 for _path in sweep.sweep_files():
     globals()[sweep.dag_id_for(_path)] = build_sweep_dag(_path)
+
+# Sweep recipes (the tutorials that compare settings): the same DAG, named sweep_recipe_<name>.
+for _path in sweep.recipe_sweep_files():
+    globals()[f"sweep_recipe_{_path.stem}"] = build_sweep_dag(_path, recipe=True)

@@ -40,7 +40,8 @@ from tasks.config import RECIPE_VARIANTS, ConfigError, ExperimentConfig
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 NO_RECIPE = "none"  # the config's default: no recipe
-_KEYS = ("tutorial", "title", "description", "data", "differences", "config", "variants", "checks")
+_KEYS = ("tutorial", "title", "description", "data", "differences", "config", "variants", "checks", "grid",
+         "schedule")
 _REQUIRED = ("tutorial", "title", "description", "data", "config", "checks")
 _FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
 _RECIPE_FIELDS = ("recipe", "recipe_variant")
@@ -66,6 +67,13 @@ class Recipe:
     config: dict[str, Any]
     variants: dict[str, dict[str, Any]]
     checks: list[dict[str, Any]]
+    # A sweep recipe (the tutorial compares settings): field -> values, run by the DAG sweep_recipe_<name>.
+    grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    schedule: str | None = None
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.grid)
 
     def settings(self, variant: str = "default") -> dict[str, Any]:
         """The recipe's config fields for ``variant`` (the config, then the variant's overrides)."""
@@ -115,7 +123,20 @@ def load(name: str) -> Recipe:
     recipe = Recipe(name=name, path=path, tutorial=str(raw["tutorial"]), title=str(raw["title"]),
                     description=str(raw["description"]).strip(), data=str(raw["data"]).strip(),
                     differences=str(raw.get("differences", "")).strip(), config=dict(raw["config"] or {}),
-                    variants={k: dict(v or {}) for k, v in variants.items()}, checks=list(checks))
+                    variants={k: dict(v or {}) for k, v in variants.items()}, checks=list(checks),
+                    grid=dict(raw.get("grid") or {}), schedule=raw.get("schedule"))
+    if recipe.is_sweep:
+        from tasks import sweep  # noqa: PLC0415 - sweep imports this module
+
+        for variant in RECIPE_VARIANTS:
+            clash = sorted(set(recipe.grid) & set(recipe.settings(variant)))
+            if clash:
+                raise RecipeError(f"{path} ({variant}): {clash} are in both the grid and the settings. Fix: keep "
+                                  "each field in one of them.")
+            try:
+                sweep.from_recipe(recipe, variant)  # every grid point a valid experiment
+            except sweep.SweepFileError as e:
+                raise RecipeError(f"{path} ({variant}): {e}") from e
     for variant in RECIPE_VARIANTS:
         settings = recipe.settings(variant)
         bad = sorted(set(settings) - set(_FIELDS) | set(settings) & set(_RECIPE_FIELDS))
@@ -152,3 +173,39 @@ def _is_default(key: str, value: Any) -> bool:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value) == default
     return value == default and type(value) is type(default)
+
+
+def trigger(name: str, variant: str = "default", overrides: Mapping[str, Any] | None = None) -> tuple[str, dict]:
+    """(DAG id, conf) that run recipe ``name``: the training DAG with the recipe picked, or a sweep
+    recipe's own DAG ``sweep_recipe_<name>``; ``overrides`` change its settings for this run."""
+    recipe = load(name)
+    overrides = dict(overrides or {})
+    if recipe.is_sweep:
+        return f"sweep_recipe_{name}", {"recipe_variant": variant, "overrides": overrides}
+    return "federated_training", {**overrides, "recipe": name, "recipe_variant": variant}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tasks.recipes trigger NAME VARIANT '{json}'`` prints the DAG id and its conf (a tab
+    between them) for ``make run``; a bad name or JSON is a one-line error and exit status 2."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4 or args[0] != "trigger":
+        print("usage: python -m tasks.recipes trigger NAME VARIANT '{json overrides}'", file=sys.stderr)
+        return 2
+    try:
+        overrides = json.loads(args[3] or "{}")
+        if not isinstance(overrides, dict):
+            raise ValueError(f"expected a JSON object, got {args[3]!r}")
+        dag_id, conf = trigger(args[1], args[2], overrides)
+    except (RecipeError, ValueError) as e:
+        print(f"make run: {e}", file=sys.stderr)
+        return 2
+    print(f"{dag_id}\t{json.dumps(conf)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

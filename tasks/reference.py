@@ -23,6 +23,7 @@ failed check does not fail the DAG run: the model and metrics stay inspectable, 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,9 @@ KINDS = {
     "equals": ("expected",),
 }
 SOURCES = ("rows", "last", "final", "results")
+# A sweep recipe's checks address a grid point's run: ``point[<label>].<source>.<key>``, the label as the
+# comparison table writes it (e.g. ``point[aggregator=compression].final.test_accuracy``).
+_POINT = re.compile(r"point\[(?P<label>[^\]]+)\]\.(?P<address>.+)")
 COLUMNS = ("check", "claim", "tutorial", "measured", "rule", "result")
 RESULTS_FILE = "recipe_results.json"
 
@@ -67,7 +71,19 @@ def validate_checks(recipe: Recipe) -> None:
         if missing:
             raise RecipeError(f"{where} ({kind}) needs {missing}. Fix: add them (tasks/reference.py).")
         for key in ("value", "other"):
-            if key in check and str(check[key]).partition(".")[0] not in SOURCES:
+            if key not in check:
+                continue
+            address = str(check[key])
+            if recipe.is_sweep:
+                from tasks import sweep  # noqa: PLC0415
+
+                labels = [p["label"] for p in sweep.from_recipe(recipe).points()]
+                match = _POINT.fullmatch(address)
+                if not match or match["label"] not in labels:
+                    raise RecipeError(f"{where}: {key} must be point[<label>].<source>.<key> with a label of "
+                                      f"{labels}. Got {address!r}.")
+                address = match["address"]
+            if address.partition(".")[0] not in SOURCES:
                 raise RecipeError(f"{where}: {key} must start with one of {list(SOURCES)}. Got {check[key]!r}.")
 
 
@@ -89,12 +105,24 @@ class RunValues:
         return (self.final if source == "final" else self.results).get(key)
 
 
-def evaluate(checks: Sequence[Mapping[str, Any]], values: RunValues) -> list[dict[str, Any]]:
+class SweepValues:
+    """A sweep recipe's values: each grid point's :class:`RunValues`, by the point's label."""
+
+    def __init__(self, points: Mapping[str, RunValues]) -> None:
+        self.points = dict(points)
+
+    def get(self, address: str) -> Any:
+        match = _POINT.fullmatch(address)
+        values = self.points.get(match["label"]) if match else None
+        return None if values is None else values.get(match["address"])
+
+
+def evaluate(checks: Sequence[Mapping[str, Any]], values: RunValues | SweepValues) -> list[dict[str, Any]]:
     """One table row per check: the claim, the tutorial's number, what this run measured, the rule, pass/fail."""
     return [_evaluate(check, values) for check in checks]
 
 
-def _evaluate(check: Mapping[str, Any], values: RunValues) -> dict[str, Any]:
+def _evaluate(check: Mapping[str, Any], values: RunValues | SweepValues) -> dict[str, Any]:
     kind, value = check["kind"], values.get(check["value"])
     other = values.get(check["other"]) if "other" in check else None
     row = {"check": check["name"], "claim": check["claim"], "tutorial": str(check.get("tutorial", ""))}

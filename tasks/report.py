@@ -41,12 +41,31 @@ def render(summary: dict, seconds: int | None = None) -> str:
     )
 
 
+def print_sweep(dag_id: str, seconds: int | None = None) -> int:
+    found = sorted(paths.runs_root().glob(f"{dag_id}__*/comparison/comparison.md"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        print(f"No finished run of {dag_id} under {paths.runs_root()}.", file=sys.stderr)
+        return 1
+    root = found[-1].parent.parent
+    took = f" in {seconds // 60} min {seconds % 60} s" if seconds is not None else ""
+    print(f"\nfedflow: sweep {dag_id} finished{took}; run directory {root}\n\nComparison:")
+    print(found[-1].read_text())
+    reference = root / "reference" / "reference_check.md"
+    if reference.exists():
+        print("Reference check (the tutorial's claims; also on the sweep's parent MLflow run under reference/):")
+        print(reference.read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--seconds", type=int, help="wall time to report")
     parser.add_argument("--validation", action="store_true", help="the newest validation summary instead")
+    parser.add_argument("--sweep", metavar="DAG_ID", help="the newest run of this sweep DAG: comparison and checks")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return print_sweep(args.sweep, args.seconds)
     if args.validation:
         found = newest_validation()
         if found is None:

@@ -231,6 +231,10 @@ def reference_check(handle: Mapping[str, str]) -> dict[str, Any]:
     if cfg.recipe == recipes.NO_RECIPE:
         return {"status": "no-recipe"}
     recipe = recipes.load(cfg.recipe)
+    if recipe.is_sweep:  # its checks compare grid points: the sweep's compare step makes them
+        return {"status": "sweep-recipe", "recipe": cfg.recipe,
+                "message": f"Recipe {cfg.recipe} is a sweep; its reference check runs in the DAG sweep_recipe_"
+                           f"{cfg.recipe} (make run RECIPE={cfg.recipe})."}
     rows = reference.evaluate(recipe.checks, reference.RunValues(run))
     outcome = reference.summary(rows)
     for path in reference.write(rows, run.root / "reference"):

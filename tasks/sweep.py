@@ -100,6 +100,23 @@ def sweep_files() -> list[Path]:
     return sorted(sweeps_dir().glob("*.yaml"))
 
 
+def recipe_sweep_files() -> list[Path]:
+    """The recipe files that hold a grid (a light check of the YAML: parsing the DAG file must stay cheap
+    and must not fail on a broken recipe, whose DAG then shows the error)."""
+    from tasks import recipes
+
+    found = []
+    for name in recipes.names():
+        path = recipes.recipes_dir() / f"{name}.yaml"
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and doc.get("grid"):
+            found.append(path)
+    return found
+
+
 def dag_id_for(path: Path) -> str:
     """``sweep_<file stem>``, with characters a DAG id cannot hold replaced (a bad name is reported by
     :func:`load`; the DAG still exists to show the error)."""
@@ -148,6 +165,26 @@ def load(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Sweep:
         raise SweepFileError(f"{path}: {clash} set in both base and grid. Fix: keep each field in one of them.")
     sweep = Sweep(name=path.stem, path=path, sha256=hashlib.sha256(raw).hexdigest(), description=description.strip(),
                   schedule=schedule, base=base, grid=grid)
+    _check_points(sweep)
+    return sweep
+
+
+def from_recipe(recipe, variant: str = "default", *, overrides: Mapping[str, Any] | None = None) -> Sweep:
+    """The sweep of a sweep recipe (tasks/recipes.py): its settings for ``variant`` as the base (with the
+    recipe named, so each point's reference fields and MLflow tags say which recipe it belongs to), its
+    grid, its schedule. The DAG is ``sweep_recipe_<name>``."""
+    path = recipe.path
+    grid = _check_grid(path, _mapping(path, "grid", recipe.grid))
+    base = {**recipe.settings(variant), "recipe": recipe.name, "recipe_variant": variant}
+    if overrides:
+        _check_names(path, "overrides", overrides)
+        clash = sorted(set(overrides) & set(grid))
+        if clash:
+            raise SweepFileError(f"{path}: overrides may change base settings, not grid parameters. Got {clash}.")
+        base = {**base, **overrides}
+    _check_schedule(path, recipe.schedule)
+    sweep = Sweep(name=f"recipe_{recipe.name}", path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                  description=recipe.description, schedule=recipe.schedule, base=base, grid=grid)
     _check_points(sweep)
     return sweep
 
@@ -232,13 +269,22 @@ def sweep_run(dag_id: str, run_id: str) -> RunPaths:
 
 
 def plan(path: Path, *, dag_id: str, run_id: str, max_points: int = 0,
-         overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+         overrides: Mapping[str, Any] | None = None, recipe_variant: str | None = None) -> list[dict[str, Any]]:
     """Validates the sweep, freezes its plan in the sweep run's directory, opens the parent MLflow run
     and returns the points to run (the first ``max_points``; 0 = all), each a complete task input.
+    ``recipe_variant`` given: ``path`` is a sweep recipe (recipes/<name>.yaml), run at that size.
 
     A retry reuses the frozen plan and the parent run; a changed file or params fail it.
     """
-    sweep = load(path, overrides=overrides)
+    if recipe_variant is not None:
+        from tasks import recipes
+
+        try:
+            sweep = from_recipe(recipes.load(Path(path).stem), recipe_variant, overrides=overrides)
+        except recipes.RecipeError as e:
+            raise SweepFileError(str(e)) from e
+    else:
+        sweep = load(path, overrides=overrides)
     points = sweep.points()[: max_points or None]
     check_privacy_budgets(sweep, points)
     run = sweep_run(dag_id, run_id)
@@ -356,7 +402,8 @@ def compare(*, dag_id: str, run_id: str) -> dict[str, Any]:
     failed = [r for r in rows if r["status"] != "succeeded"]
     for row in failed:  # a point killed outright never reached its failure callback
         steps.mark_failed(dag_id, row["run_id"])
-    tags = {"fedflow.points_succeeded": str(len(rows) - len(failed)), "fedflow.points_failed": str(len(failed))}
+    tags = {"fedflow.points_succeeded": str(len(rows) - len(failed)), "fedflow.points_failed": str(len(failed)),
+            **_reference_check(record, run, dag_id=dag_id)}
     if champion is not None:
         tags.update(set_champion(champion))
         tracking.client().log_metric(tracking.run_id(run), "best_final_test_accuracy", champion["final_test_accuracy"])
@@ -368,6 +415,25 @@ def compare(*, dag_id: str, run_id: str) -> dict[str, Any]:
         raise PointsFailedError(f"{len(failed)} of {len(rows)} grid points failed (the comparison of the others is "
                                 f"logged): " + "; ".join(f"{r['point']} ({r['label']}): {r['error']}" for r in failed))
     return result
+
+
+def _reference_check(record: Mapping[str, Any], run: RunPaths, *, dag_id: str) -> dict[str, str]:
+    """A sweep recipe's reference check on its grid points (tasks/reference.py): the table goes to the
+    parent run under ``reference/``; returns its tags. Nothing for a plain sweep."""
+    from tasks import recipes, reference, tracking
+
+    name = record["base"].get("recipe", recipes.NO_RECIPE)
+    if name == recipes.NO_RECIPE:
+        return {}
+    recipe = recipes.load(name)
+    values = reference.SweepValues({p["label"]: reference.RunValues(RunPaths.for_run(dag_id, p["run_id"]))
+                                    for p in record["points"]})
+    rows = reference.evaluate(recipe.checks, values)
+    for path in reference.write(rows, run.root / "reference"):
+        tracking.log_artifact(run, path, "reference")
+    return {"fedflow.recipe": name, "fedflow.recipe_variant": record["base"].get("recipe_variant", "default"),
+            "fedflow.tutorial": recipe.tutorial, "fedflow.reference_check": reference.summary(rows),
+            **{f"fedflow.reference.{r['check']}": r["result"] for r in rows}}
 
 
 def point_result(point: Mapping[str, Any], sweep_dir: Path, *, dag_id: str) -> dict[str, Any]:
