@@ -13,10 +13,12 @@ from tests.conftest import ROOT
 SWEEPS = ROOT / "sweeps"
 
 
-def sweep_dagbag(sweeps_dir, monkeypatch):
+def sweep_dagbag(sweeps_dir, monkeypatch, recipes_dir=None):
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("FEDFLOW_SWEEPS_DIR", str(sweeps_dir))
+    if recipes_dir is not None:
+        monkeypatch.setenv("FEDFLOW_RECIPES_DIR", str(recipes_dir))
     return DagBag(dag_folder=str(ROOT / "dags" / "federated_sweep.py"))
 
 
@@ -30,7 +32,11 @@ def test_every_committed_sweep_file_has_its_dag_with_the_files_schedule(committe
     from tasks import sweep
 
     assert committed.import_errors == {}
-    assert sorted(committed.dags) == sorted(f"sweep_{p.stem}" for p in SWEEPS.glob("*.yaml"))
+    recipe_sweeps = [f"sweep_recipe_{p.stem}" for p in sweep.recipe_sweep_files()]
+    assert recipe_sweeps  # the sweep recipes (recipes/*.yaml with a grid) have their DAGs too
+    assert sorted(committed.dags) == sorted([*(f"sweep_{p.stem}" for p in SWEEPS.glob("*.yaml")), *recipe_sweeps])
+    compression = committed.dags["sweep_recipe_compression"]
+    assert compression.params["recipe_variant"] == "default" and "recipe" in compression.tags
     nightly = committed.dags["sweep_nightly_dp_compression"]
     assert nightly.timetable.expression == "0 0 * * *"
     assert nightly.start_date is None and nightly.catchup is False  # waits for the next night, no catch-up
@@ -62,7 +68,7 @@ def test_trigger_params_limit_the_points_and_reject_negative_counts(committed):
 def test_an_invalid_sweep_file_gets_an_unscheduled_dag_showing_the_error_and_hides_no_other(tmp_path, monkeypatch):
     shutil.copy(SWEEPS / "nightly_dp_compression.yaml", tmp_path)
     (tmp_path / "broken.yaml").write_text("description: x\nschedule: '@daily'\nbase: {}\ngrid: {noise: [1]}\n")
-    bag = sweep_dagbag(tmp_path, monkeypatch)
+    bag = sweep_dagbag(tmp_path, monkeypatch, recipes_dir=tmp_path / "no-recipes")
     assert bag.import_errors == {}
     assert set(bag.dags) == {"sweep_nightly_dp_compression", "sweep_broken"}
     broken = bag.dags["sweep_broken"]

@@ -85,7 +85,7 @@ def test_invalid_yaml_is_refused(recipe_dir):
 
 def _run(tmp_path, rows, final=None, results=None) -> RunPaths:
     run = RunPaths(tmp_path / "run")
-    run.root.mkdir()
+    run.root.mkdir(parents=True)
     run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     if final is not None:
         run.final.write_text(json.dumps(final))
@@ -118,3 +118,57 @@ def test_the_reference_rules_pass_and_fail_on_the_run_values(tmp_path):
     written = reference.write(list(rows.values()), tmp_path / "out")
     assert [p.name for p in written] == ["reference_check.csv", "reference_check.md", "reference_check.html"]
     assert 'class="fail"' in written[2].read_text() and "| falls |" in written[1].read_text()
+
+
+SWEEP = {**MINIMAL, "grid": {"aggregator": ["mean", "compression"]},
+         "checks": [{"name": "close", "claim": "c", "kind": "within", "tolerance": 0.02,
+                     "value": "point[aggregator=compression].final.test_accuracy",
+                     "other": "point[aggregator=mean].final.test_accuracy"}]}
+
+
+def test_a_sweep_recipe_runs_as_its_own_sweep_dag_and_a_plain_one_in_the_training_dag(recipe_dir):
+    from tasks import sweep
+
+    recipe_dir("one", MINIMAL)
+    recipe_dir("many", SWEEP)
+    assert recipes.trigger("one", "tiny", {"seed": 3}) == (
+        "federated_training", {"seed": 3, "recipe": "one", "recipe_variant": "tiny"})
+    assert recipes.trigger("many", "tiny", {"seed": 3}) == (
+        "sweep_recipe_many", {"recipe_variant": "tiny", "overrides": {"seed": 3}})
+    spec = sweep.from_recipe(recipes.load("many"), "tiny")
+    assert spec.dag_id == "sweep_recipe_many" and spec.base["rounds"] == 2 and spec.base["recipe"] == "many"
+    assert [p["label"] for p in spec.points()] == ["aggregator=mean", "aggregator=compression"]
+    assert [p.stem for p in sweep.recipe_sweep_files()] == ["many"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"config": {"model": "mlp", "aggregator": "robust"}}, r"\['aggregator'\] are in both the grid and the settings"),
+    ({"checks": [{"name": "x", "claim": "c", "kind": "at_least", "threshold": 1, "value": "final.test_accuracy"}]},
+     r"must be point\[<label>\]"),
+    ({"checks": [{"name": "x", "claim": "c", "kind": "at_least", "threshold": 1,
+                  "value": "point[aggregator=dp].final.test_accuracy"}]}, "with a label of"),
+    ({"grid": {"seed": [-1, 1]}}, "grid points are invalid"),
+])
+def test_a_malformed_sweep_recipe_is_refused(recipe_dir, change, message):
+    recipe_dir("bad", {**SWEEP, **change})
+    with pytest.raises(recipes.RecipeError, match=message):
+        recipes.load("bad")
+
+
+def test_make_run_gets_a_one_line_error_for_an_unknown_recipe_or_bad_json(recipe_dir, capsys):
+    recipe_dir("one", MINIMAL)
+    assert recipes.main(["trigger", "onne", "default", ""]) == 2
+    assert "Did you mean 'one'?" in capsys.readouterr().err
+    assert recipes.main(["trigger", "one", "default", "[1]"]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
+    assert recipes.main(["trigger", "one", "default", '{"rounds": 3}']) == 0
+    assert capsys.readouterr().out.startswith("federated_training\t")
+
+
+def test_a_sweep_recipe_check_reads_each_grid_point_run(tmp_path):
+    values = reference.SweepValues({
+        "aggregator=mean": reference.RunValues(_run(tmp_path / "a", [], final={"test_accuracy": 0.90})),
+        "aggregator=compression": reference.RunValues(_run(tmp_path / "b", [], final={"test_accuracy": 0.89})),
+    })
+    [row] = reference.evaluate(SWEEP["checks"], values)
+    assert row["result"] == "pass" and "|Δ| = 0.01" in row["measured"]
