@@ -36,7 +36,7 @@ def test_make_run_a_recipe_ends_with_its_reference_check_in_mlflow(tmp_path):
     assert tags["fedflow.recipe"] == "image_classification" and tags["fedflow.recipe_variant"] == "tiny"
     assert tags["fedflow.tutorial"] == "federated_learning_for_image_classification"
     assert tags["fedflow.reference_check"] == "pass", {k: v for k, v in tags.items() if "reference" in k}
-    assert params["model"] == "softmax" and params["client_sampling"] == "fixed" and params["rounds"] == "3"
+    assert params["model"] == "softmax" and params["client_sampling"] == "fixed" and params["rounds"] == "4"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reference")}
     assert artifacts == {f"reference/reference_check.{ext}" for ext in ("csv", "md", "html")}
 
