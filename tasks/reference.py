@@ -58,6 +58,11 @@ def validate_checks(recipe: Recipe) -> None:
     """Raises (a recipe error naming the file and check) when a check is malformed."""
     from tasks.recipes import RecipeError  # noqa: PLC0415 - recipes imports this module
 
+    labels = None
+    if recipe.is_sweep:
+        from tasks import sweep  # noqa: PLC0415
+
+        labels = [p["label"] for p in sweep.from_recipe(recipe).points()]
     seen = set()
     for check in recipe.checks:
         name, kind = check.get("name"), check.get("kind")
@@ -74,10 +79,7 @@ def validate_checks(recipe: Recipe) -> None:
             if key not in check:
                 continue
             address = str(check[key])
-            if recipe.is_sweep:
-                from tasks import sweep  # noqa: PLC0415
-
-                labels = [p["label"] for p in sweep.from_recipe(recipe).points()]
+            if labels is not None:
                 match = _POINT.fullmatch(address)
                 if not match or match["label"] not in labels:
                     raise RecipeError(f"{where}: {key} must be point[<label>].<source>.<key> with a label of "
