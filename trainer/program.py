@@ -241,6 +241,7 @@ def record_environment(run: RunPaths, engine: str = "tff") -> dict:
     """Writes the TFF environment's package versions, devices, engine and the device the client work
     trains on to ``tff_env.json`` (each chunk: a resumed run may continue on another machine or engine;
     the newest record wins). The ``tff`` engine computes in TFF's CPU-only ``worker_binary``."""
+    devices = gpu_names() or ["CPU"]
     versions = {}
     for name in LINEAGE_PACKAGES:
         try:
@@ -250,9 +251,9 @@ def record_environment(run: RunPaths, engine: str = "tff") -> dict:
     env = {
         "python": platform.python_version(),
         "packages": versions,
-        "devices": gpu_names() or ["CPU"],
+        "devices": devices,
         "engine": engine,
-        "train_device": (gpu_names() or ["CPU"])[0] if engine == "hybrid" else "CPU (TFF worker_binary)",
+        "train_device": devices[0] if engine == "hybrid" else "CPU (TFF worker_binary)",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "host": platform.node(),
     }

@@ -15,9 +15,26 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tasks import atomic, metrics_log
+from tasks.reference import RESULTS_FILE
 
 log = logging.getLogger("fedflow.trainer")
-RESULTS_FILE = "recipe_results.json"  # tasks.reference.RESULTS_FILE
+
+
+def replay(exp, process, state):
+    """Runs the run's rounds again on another learning ``process`` from ``state``, with the same clients
+    and batches as the run (the tff engine); yields (round, output) after each round."""
+    from trainer import program  # noqa: PLC0415 - program imports this module
+
+    ids = exp.manifest.client_ids("train")
+    training_ids = ids[: len(ids) - exp.cfg.heldout_clients]
+    clients = {cid: program.read_client(exp, "train", cid) for cid in training_ids}
+    index = {cid: i for i, cid in enumerate(ids)}
+    for round_num in range(1, exp.cfg.rounds + 1):
+        datasets = [program.client_dataset(exp, clients[cid], index[cid], round_num)
+                    for cid in program.sample_clients(exp.cfg, round_num, training_ids)]
+        output = process.next(state, datasets)
+        state = output.state
+        yield round_num, output
 
 
 class TutorialSoftmaxModel(tff.learning.models.VariableModel):
@@ -98,21 +115,16 @@ def image_classification(exp) -> dict[str, float]:
         client_optimizer_fn=algorithms.client_optimizer(cfg), server_optimizer_fn=algorithms.server_optimizer(cfg),
         loop_implementation=algorithms.LOOP,
     )
-    ids = exp.manifest.client_ids("train")
-    training_ids = ids[: len(ids) - cfg.heldout_clients]
-    clients = {cid: program.read_client(exp, "train", cid) for cid in ids}
-    index = {cid: i for i, cid in enumerate(ids)}
     rows = {r["round"]: r for r in metrics_log.read_rows(exp.paths.metrics)}
-    state = process.initialize()
     loss_diff = accuracy_diff = 0.0
-    for round_num in range(1, cfg.rounds + 1):
-        datasets = [program.client_dataset(exp, clients[cid], index[cid], round_num)
-                    for cid in program.sample_clients(cfg, round_num, training_ids)]
-        output = process.next(state, datasets)
-        state, train = output.state, output.metrics["client_work"]["train"]
+    for round_num, output in replay(exp, process, process.initialize()):
+        train = output.metrics["client_work"]["train"]
         loss_diff = max(loss_diff, abs(float(train["loss"]) - rows[round_num]["train_loss"]))
         accuracy_diff = max(accuracy_diff, abs(float(train["accuracy"]) - rows[round_num]["train_accuracy"]))
-    heldout_labels = np.concatenate([clients[cid].y for cid in ids[len(training_ids) :]] or [np.zeros(0, np.int64)])
+    ids = exp.manifest.client_ids("train")
+    heldout = ids[len(ids) - cfg.heldout_clients :] if cfg.heldout_clients else []
+    heldout_labels = np.concatenate([program.read_client(exp, "train", cid).y for cid in heldout]
+                                    or [np.zeros(0, np.int64)])
     majority = float(np.bincount(heldout_labels).max() / len(heldout_labels)) if len(heldout_labels) else float("nan")
     return {"variable_model_max_loss_difference": loss_diff,
             "variable_model_max_accuracy_difference": accuracy_diff,
@@ -130,14 +142,8 @@ def rerun_final_weights(exp, **overrides) -> list[np.ndarray]:
     process = algorithms.build_learning_process(cfg, exp.model_fn)
     start = program.initial_state(exp)  # the run's round-0 weights, a function of the seed
     state = process.set_model_weights(process.initialize(), exp.process.get_model_weights(start))
-    ids = exp.manifest.client_ids("train")
-    training_ids = ids[: len(ids) - cfg.heldout_clients]
-    clients = {cid: program.read_client(exp, "train", cid) for cid in training_ids}
-    index = {cid: i for i, cid in enumerate(ids)}
-    for round_num in range(1, cfg.rounds + 1):
-        datasets = [program.client_dataset(exp, clients[cid], index[cid], round_num)
-                    for cid in program.sample_clients(cfg, round_num, training_ids)]
-        state = process.next(state, datasets).state
+    for _, output in replay(exp, process, state):
+        state = output.state
     return [np.asarray(w) for w in process.get_model_weights(state).trainable]
 
 
