@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -18,6 +19,10 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 collect_ignore = [] if importlib.util.find_spec("tensorflow_federated") else ["trainer"]
 # TFF starts it as .../tensorflow_federated/python/core/impl/executor_stacks/../../../../data/worker_binary
 WORKER_BINARY = "data/worker_binary"
+# Every process this pytest starts inherits the token (the launcher, Airflow and the servers pass the
+# environment on), so the leak checks count only this session's worker_binaries: a second test session
+# or a trainer running beside it on the same machine is not mistaken for a leak.
+SESSION_TOKEN = os.environ.setdefault("FEDFLOW_TEST_SESSION", uuid.uuid4().hex)
 
 
 def live_processes(fragment: str) -> set[int]:
@@ -32,8 +37,18 @@ def live_processes(fragment: str) -> set[int]:
     return found
 
 
+def _started_by_this_session(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).environ().get("FEDFLOW_TEST_SESSION") == SESSION_TOKEN
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process cannot be told apart: count it, to be safe
+        return True
+
+
 def worker_binaries() -> set[int]:
-    return live_processes(WORKER_BINARY)
+    """Live worker_binaries started from this test session (see SESSION_TOKEN)."""
+    return {pid for pid in live_processes(WORKER_BINARY) if _started_by_this_session(pid)}
 
 
 @pytest.fixture
