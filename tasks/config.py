@@ -218,6 +218,19 @@ class ExperimentConfig:
         0.001, section="Algorithm", title="Server optimizer epsilon", exclusiveMinimum=0, maximum=1,
         description="Adaptivity (tau) of fedadam / fedyogi / fedadagrad; 1e-3 as in Reddi et al. 2021.",
     )
+    learning_process: str = _field(
+        "", section="Algorithm", title="Learning process (plug-in)",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)?$",
+        description="'package.module:function' importable in the TFF environment; called with (config, model_fn), "
+        "it returns a tff.learning.templates.LearningProcess that trains instead of the built-in algorithm, through "
+        "the same chunks, checkpoints and tracking ('' = the built-in algorithm). The tutorials' examples: "
+        "trainer.tutorial_algorithms:hand_built_fedavg, trainer.tutorial_algorithms:fedavg_with_gradient_clipping.",
+    )
+    client_gradient_clip: float = _field(
+        0.0, section="Algorithm", title="Client gradient clip (L2 norm)", minimum=0, maximum=1e6,
+        description="For a learning_process that reads it (fedavg_with_gradient_clipping): each local gradient is "
+        "scaled to at most this global L2 norm; 0 = no clipping. The built-in algorithms do not clip gradients.",
+    )
     # -- aggregation and privacy -------------------------------------------------------------
     aggregator: str = _field(
         "mean", section="Aggregation", title="Aggregator", enum=list(AGGREGATORS),
@@ -341,6 +354,7 @@ class ExperimentConfig:
             )
         if self.aggregator == "dp":
             self._check_dp()
+        self._check_learning_process()
         if self.engine == "hybrid" and self.algorithm not in HYBRID_ALGORITHMS:
             raise ConfigError(
                 f"algorithm {self.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "
@@ -367,6 +381,19 @@ class ExperimentConfig:
                 f"adaptive DP clipping (part of the noise protects the clip estimate). Got {self.noise_multiplier}. "
                 f"Fix: clients_per_round >= {math.floor(10 * self.noise_multiplier) + 1}, a smaller noise_multiplier, "
                 "or dp_clipping='fixed'."
+            )
+
+    def _check_learning_process(self) -> None:
+        if self.learning_process and self.engine == "hybrid":
+            raise ConfigError(
+                f"learning_process {self.learning_process!r} runs on the 'tff' engine only (the hybrid engine trains "
+                "the built-in algorithms). Got engine='hybrid'. Fix: engine='tff', or clear learning_process."
+            )
+        if self.client_gradient_clip and not self.learning_process:
+            raise ConfigError(
+                f"client_gradient_clip applies to a learning_process that clips gradients; the built-in algorithms "
+                f"do not. Got client_gradient_clip={self.client_gradient_clip} with learning_process=''. Fix: set "
+                "learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping', or set it to 0."
             )
 
     def _check_data(self) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import tensorflow_federated as tff
 
 from tasks.config import ExperimentConfig
-from trainer import aggregators
+from trainer import aggregators, learning_process_plugin
 
 LearningProcess = tff.learning.templates.LearningProcess
 # Clients iterate their batches with a Python-style iterator rather than `dataset.reduce` (TFF's
@@ -86,5 +86,8 @@ ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] =
 
 
 def build_learning_process(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
-    """The TFF learning process of ``cfg.algorithm`` (names: :data:`ALGORITHMS`)."""
+    """The TFF learning process of ``cfg.algorithm`` (names: :data:`ALGORITHMS`), or the one a user's
+    ``cfg.learning_process`` builds (trainer/learning_process_plugin.py)."""
+    if cfg.learning_process:
+        return learning_process_plugin.load_learning_process(cfg, model_fn)
     return ALGORITHMS[cfg.algorithm](cfg, model_fn)

@@ -173,6 +173,8 @@ def round_metrics(metrics) -> dict[str, float]:
     if "update_non_finite" in finalizer:
         row["update_non_finite"] = int(finalizer["update_non_finite"])
     row.update(_flatten("aggregator", metrics.get("aggregator")))
+    # A plugged-in process's own client-work measurements (e.g. gradient norms); the built-ins report only "train".
+    row.update(_flatten("client_work", {k: v for k, v in metrics["client_work"].items() if k != "train"}))
     return row
 
 
@@ -269,6 +271,9 @@ class RoundRunner:
                  lock_step: bool | None = None) -> None:
         if engine not in ("tff", "hybrid"):
             raise Error(f"engine must be 'tff' or 'hybrid'. Got {engine!r}.")
+        if engine == "hybrid" and exp.cfg.learning_process:
+            raise Error(f"learning_process {exp.cfg.learning_process!r} runs on the 'tff' engine only (the hybrid "
+                        "trains the built-in algorithms). Fix: engine='tff'.")
         self.exp, self.engine, self.clients, self.index, self.client_ids = exp, engine, clients, index, client_ids
         self.hybrid = (hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process, lock_step=lock_step)
                        if engine == "hybrid" else None)

@@ -160,8 +160,15 @@ def custom_aggregators(exp) -> dict[str, float]:
     return {"max_weight_difference_vs_plain_mean": difference, **tutorial_aggregators.tutorial_example()}
 
 
+def build_your_own_algorithm(exp) -> dict[str, float]:
+    from trainer import algorithm_parity  # noqa: PLC0415
+
+    return algorithm_parity.build_your_own_algorithm(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
-                                     "custom_aggregators": custom_aggregators}
+                                     "custom_aggregators": custom_aggregators,
+                                     "build_your_own_algorithm": build_your_own_algorithm}
 
 
 def measure(exp) -> dict[str, float] | None:
