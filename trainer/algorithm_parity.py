@@ -17,8 +17,9 @@ from tasks import metrics_log
 from trainer import algorithms, tutorial_algorithms
 
 
-def per_round_difference(exp, ours: tff.learning.templates.LearningProcess,
-                         builtin: tff.learning.templates.LearningProcess) -> dict[str, float]:
+def per_round_difference(
+    exp, ours: tff.learning.templates.LearningProcess, builtin: tff.learning.templates.LearningProcess
+) -> dict[str, float]:
     """Max over rounds of |weight difference| and |train-loss difference| between ``ours`` and ``builtin``."""
     from trainer import program  # noqa: PLC0415 - program imports recipe_results, which imports this module
 
@@ -31,15 +32,22 @@ def per_round_difference(exp, ours: tff.learning.templates.LearningProcess,
     other = builtin.initialize()
     weight_diff = loss_diff = 0.0
     for round_num in range(1, exp.cfg.rounds + 1):
-        datasets = [program.client_dataset(exp, clients[cid], index[cid], round_num)
-                    for cid in program.sample_clients(exp.cfg, round_num, training_ids)]
+        datasets = [
+            program.client_dataset(exp, clients[cid], index[cid], round_num)
+            for cid in program.sample_clients(exp.cfg, round_num, training_ids)
+        ]
         other = builtin.set_model_weights(other, ours.get_model_weights(state))
         mine, theirs = ours.next(state, datasets), builtin.next(other, datasets)
         state, other = mine.state, theirs.state
         pairs = zip(ours.get_model_weights(state).trainable, builtin.get_model_weights(other).trainable, strict=True)
         weight_diff = max(weight_diff, *(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs))
-        loss_diff = max(loss_diff, abs(float(mine.metrics["client_work"]["train"]["loss"])
-                                       - float(theirs.metrics["client_work"]["train"]["loss"])))
+        loss_diff = max(
+            loss_diff,
+            abs(
+                float(mine.metrics["client_work"]["train"]["loss"])
+                - float(theirs.metrics["client_work"]["train"]["loss"])
+            ),
+        )
     return {"max_weight_difference": weight_diff, "max_loss_difference": loss_diff}
 
 
@@ -51,17 +59,28 @@ def build_your_own_algorithm(exp) -> dict[str, float]:
     client, server = algorithms.client_optimizer(cfg), algorithms.server_optimizer(cfg)
     builtins = tff.learning.algorithms
     hand_built = per_round_difference(
-        exp, tutorial_algorithms.build_hand_built_fed_avg(exp.model_fn, client_optimizer=client, server_optimizer=server),
-        builtins.build_unweighted_fed_avg(exp.model_fn, client_optimizer_fn=client, server_optimizer_fn=server,
-                                          loop_implementation=algorithms.LOOP))
+        exp,
+        tutorial_algorithms.build_hand_built_fed_avg(exp.model_fn, client_optimizer=client, server_optimizer=server),
+        builtins.build_unweighted_fed_avg(
+            exp.model_fn, client_optimizer_fn=client, server_optimizer_fn=server, loop_implementation=algorithms.LOOP
+        ),
+    )
     unclipped = per_round_difference(
-        exp, tutorial_algorithms.build_fed_avg_with_gradient_clipping(
-            exp.model_fn, client_optimizer=client, server_optimizer=server, clip_norm=math.inf),
-        builtins.build_weighted_fed_avg(exp.model_fn, client_optimizer_fn=client, server_optimizer_fn=server,
-                                        loop_implementation=algorithms.LOOP))
+        exp,
+        tutorial_algorithms.build_fed_avg_with_gradient_clipping(
+            exp.model_fn, client_optimizer=client, server_optimizer=server, clip_norm=math.inf
+        ),
+        builtins.build_weighted_fed_avg(
+            exp.model_fn, client_optimizer_fn=client, server_optimizer_fn=server, loop_implementation=algorithms.LOOP
+        ),
+    )
     rows = metrics_log.read_rows(exp.paths.metrics)
-    before = [r["client_work/max_gradient_norm_before_clip"] for r in rows if "client_work/max_gradient_norm_before_clip" in r]
-    after = [r["client_work/max_gradient_norm_after_clip"] for r in rows if "client_work/max_gradient_norm_after_clip" in r]
+    before = [
+        r["client_work/max_gradient_norm_before_clip"] for r in rows if "client_work/max_gradient_norm_before_clip" in r
+    ]
+    after = [
+        r["client_work/max_gradient_norm_after_clip"] for r in rows if "client_work/max_gradient_norm_after_clip" in r
+    ]
     return {
         "hand_built_vs_unweighted_fed_avg_max_weight_difference": hand_built["max_weight_difference"],
         "hand_built_vs_unweighted_fed_avg_max_loss_difference": hand_built["max_loss_difference"],

@@ -80,14 +80,19 @@ def hand_built_client_update(model, dataset, server_weights, optimizer: tff.lear
             outputs = model.forward_pass(batch, training=True)
         gradients = tape.gradient(outputs.loss, client_weights.trainable)
         optimizer_state, updated = optimizer.next(
-            optimizer_state, tuple(tf.nest.flatten(client_weights.trainable)), tuple(tf.nest.flatten(gradients)))
+            optimizer_state, tuple(tf.nest.flatten(client_weights.trainable)), tuple(tf.nest.flatten(gradients))
+        )
         tf.nest.map_structure(lambda v, t: v.assign(t), tuple(tf.nest.flatten(client_weights.trainable)), updated)
     update = tf.nest.map_structure(tf.subtract, server_weights.trainable, client_weights.trainable)
     return update, model.report_local_unfinalized_metrics()
 
 
-def build_hand_built_fed_avg(model_fn: Callable, *, client_optimizer: tff.learning.optimizers.Optimizer,
-                             server_optimizer: tff.learning.optimizers.Optimizer) -> tff.learning.templates.LearningProcess:
+def build_hand_built_fed_avg(
+    model_fn: Callable,
+    *,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+) -> tff.learning.templates.LearningProcess:
     """FedAvg from the Federated Core (building_your_own_federated_learning_algorithm), client updates
     averaged uniformly: per round it equals ``build_unweighted_fed_avg`` with the same optimizers.
 
@@ -120,8 +125,10 @@ def build_hand_built_fed_avg(model_fn: Callable, *, client_optimizer: tff.learni
     @tff.tensorflow.computation(state_type, weights_type.trainable)
     def server_update_fn(state, mean_update):
         optimizer_state, trainable = server_optimizer.next(
-            state.optimizer_state, tuple(tf.nest.flatten(state.model_weights.trainable)),
-            tuple(tf.nest.flatten(mean_update)))
+            state.optimizer_state,
+            tuple(tf.nest.flatten(state.model_weights.trainable)),
+            tuple(tf.nest.flatten(mean_update)),
+        )
         weights = ModelWeights(list(trainable), list(state.model_weights.non_trainable))
         return ServerState(weights, optimizer_state)
 
@@ -131,8 +138,9 @@ def build_hand_built_fed_avg(model_fn: Callable, *, client_optimizer: tff.learni
         updates, local_metrics = tff.federated_map(client_update_fn, (weights_at_clients, federated_dataset))
         mean_update = tff.federated_mean(updates)
         new_state = tff.federated_map(server_update_fn, (state, mean_update))
-        metrics = tff.federated_zip(collections.OrderedDict(
-            client_work=collections.OrderedDict(train=metrics_aggregation(local_metrics))))
+        metrics = tff.federated_zip(
+            collections.OrderedDict(client_work=collections.OrderedDict(train=metrics_aggregation(local_metrics)))
+        )
         return tff.learning.templates.LearningProcessOutput(new_state, metrics)
 
     @tff.tensorflow.computation(state_type)
@@ -147,8 +155,9 @@ def build_hand_built_fed_avg(model_fn: Callable, *, client_optimizer: tff.learni
 
 
 @tf.function
-def gradient_clipping_client_update(model, dataset, server_weights, optimizer: tff.learning.optimizers.Optimizer,
-                                    clip_norm: float):
+def gradient_clipping_client_update(
+    model, dataset, server_weights, optimizer: tff.learning.optimizers.Optimizer, clip_norm: float
+):
     """The composing tutorial's client update: each gradient is scaled to a global L2 norm <= ``clip_norm``
     before the optimizer's step. Returns (ClientResult weighted by examples, unfinalised metrics, largest
     gradient norm before clipping, largest after)."""
@@ -175,8 +184,9 @@ def gradient_clipping_client_update(model, dataset, server_weights, optimizer: t
     return result, model.report_local_unfinalized_metrics(), max_before, max_after
 
 
-def build_gradient_clipping_client_work(model_fn: Callable, optimizer: tff.learning.optimizers.Optimizer, *,
-                                        clip_norm: float) -> tff.learning.templates.ClientWorkProcess:
+def build_gradient_clipping_client_work(
+    model_fn: Callable, optimizer: tff.learning.optimizers.Optimizer, *, clip_norm: float
+) -> tff.learning.templates.ClientWorkProcess:
     """The tutorial's ``build_gradient_clipping_client_work`` with a ``tff.learning.optimizers`` optimizer and
     a clip norm (the tutorial's is 1; ``math.inf``: no clipping). Measurements: ``train`` (the model's
     metrics), ``max_gradient_norm_before_clip`` and ``max_gradient_norm_after_clip`` (over all clients)."""
@@ -192,23 +202,31 @@ def build_gradient_clipping_client_work(model_fn: Callable, optimizer: tff.learn
     def client_update_fn(weights, dataset):
         return gradient_clipping_client_update(model_fn(), dataset, weights, optimizer, clip_norm)
 
-    @tff.federated_computation(initialize_fn.type_signature.result, tff.FederatedType(weights_type, tff.CLIENTS),
-                               tff.FederatedType(data_type, tff.CLIENTS))
+    @tff.federated_computation(
+        initialize_fn.type_signature.result,
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
+    )
     def next_fn(state, weights, client_data):
         result, local_metrics, before, after = tff.federated_map(client_update_fn, (weights, client_data))
-        measurements = tff.federated_zip(collections.OrderedDict(
-            train=metrics_aggregation(local_metrics),
-            max_gradient_norm_before_clip=tff.federated_max(before),
-            max_gradient_norm_after_clip=tff.federated_max(after),
-        ))
+        measurements = tff.federated_zip(
+            collections.OrderedDict(
+                train=metrics_aggregation(local_metrics),
+                max_gradient_norm_before_clip=tff.federated_max(before),
+                max_gradient_norm_after_clip=tff.federated_max(after),
+            )
+        )
         return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
     return tff.learning.templates.ClientWorkProcess(initialize_fn, next_fn)
 
 
 def build_fed_avg_with_gradient_clipping(
-    model_fn: Callable, *, client_optimizer: tff.learning.optimizers.Optimizer,
-    server_optimizer: tff.learning.optimizers.Optimizer, clip_norm: float,
+    model_fn: Callable,
+    *,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+    clip_norm: float,
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
 ) -> tff.learning.templates.LearningProcess:
     """composing_learning_algorithms: FedAvg's building blocks with the gradient-clipping client work.
@@ -217,6 +235,7 @@ def build_fed_avg_with_gradient_clipping(
     Args:
       model_aggregator: a weighted factory (default: ``tff.aggregators.MeanFactory()``, the tutorial's).
     """
+
     @tff.tensorflow.computation
     def initial_model_weights_fn():
         return tf.nest.map_structure(tf.convert_to_tensor, ModelWeights.from_model(model_fn()))
@@ -225,8 +244,10 @@ def build_fed_avg_with_gradient_clipping(
     client_work = build_gradient_clipping_client_work(model_fn, client_optimizer, clip_norm=clip_norm)
     factory = model_aggregator or tff.aggregators.MeanFactory()
     if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
-        raise Error(f"model_aggregator must be a weighted aggregation factory (clients are weighted by their "
-                    f"examples). Got {type(factory).__name__}.")
+        raise Error(
+            f"model_aggregator must be a weighted aggregation factory (clients are weighted by their "
+            f"examples). Got {type(factory).__name__}."
+        )
     aggregator = factory.create(weights_type.trainable, tff.TensorType(np.float32))
     return tff.learning.templates.compose_learning_process(
         initial_model_weights_fn,
@@ -243,11 +264,14 @@ def build_fed_avg_with_gradient_clipping(
 def hand_built_fedavg(cfg: ExperimentConfig, model_fn: Callable) -> tff.learning.templates.LearningProcess:
     """The hand-built FedAvg with the run's client SGD and server optimizer; it aggregates by a plain mean."""
     if cfg.aggregator != "mean" or cfg.compress:
-        raise Error(f"hand_built_fedavg averages updates with tff.federated_mean; it has no aggregator setting. "
-                    f"Got aggregator={cfg.aggregator!r}, compress={cfg.compress}. Fix: aggregator='mean', "
-                    "compress=false, or learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping'.")
-    return build_hand_built_fed_avg(model_fn, client_optimizer=algorithms.client_optimizer(cfg),
-                                    server_optimizer=algorithms.server_optimizer(cfg))
+        raise Error(
+            f"hand_built_fedavg averages updates with tff.federated_mean; it has no aggregator setting. "
+            f"Got aggregator={cfg.aggregator!r}, compress={cfg.compress}. Fix: aggregator='mean', "
+            "compress=false, or learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping'."
+        )
+    return build_hand_built_fed_avg(
+        model_fn, client_optimizer=algorithms.client_optimizer(cfg), server_optimizer=algorithms.server_optimizer(cfg)
+    )
 
 
 def fedavg_with_gradient_clipping(cfg: ExperimentConfig, model_fn: Callable) -> tff.learning.templates.LearningProcess:
@@ -255,6 +279,9 @@ def fedavg_with_gradient_clipping(cfg: ExperimentConfig, model_fn: Callable) -> 
     optimizers and its (weighted) model aggregator."""
     factory = aggregators.build_model_aggregator(cfg)
     return build_fed_avg_with_gradient_clipping(
-        model_fn, client_optimizer=algorithms.client_optimizer(cfg), server_optimizer=algorithms.server_optimizer(cfg),
-        clip_norm=cfg.client_gradient_clip or math.inf, model_aggregator=factory,
+        model_fn,
+        client_optimizer=algorithms.client_optimizer(cfg),
+        server_optimizer=algorithms.server_optimizer(cfg),
+        clip_norm=cfg.client_gradient_clip or math.inf,
+        model_aggregator=factory,
     )
