@@ -269,6 +269,12 @@ def hand_built_fedavg(cfg: ExperimentConfig, model_fn: Callable) -> tff.learning
             f"Got aggregator={cfg.aggregator!r}, compress={cfg.compress}. Fix: aggregator='mean', "
             "compress=false, or learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping'."
         )
+    if cfg.client_gradient_clip:
+        raise Error(
+            f"hand_built_fedavg does not clip gradients. Got client_gradient_clip={cfg.client_gradient_clip}. Fix: "
+            "client_gradient_clip=0 (outside the build_your_own_algorithm recipe, which sets it), or "
+            "learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping'."
+        )
     return build_hand_built_fed_avg(
         model_fn, client_optimizer=algorithms.client_optimizer(cfg), server_optimizer=algorithms.server_optimizer(cfg)
     )

@@ -119,6 +119,10 @@ def process_of_another_model(cfg, model_fn):  # noqa: ARG001 - a user's mistake:
 def test_the_hand_built_fedavg_refuses_an_aggregator_it_cannot_apply_and_the_hybrid_refuses_plug_ins(make_run):
     with pytest.raises(tutorial_algorithms.Error, match="aggregator='mean'"):
         tutorial_algorithms.hand_built_fedavg(ExperimentConfig(aggregator="robust"), _model_fn())
+    with pytest.raises(tutorial_algorithms.Error, match="hand_built_fedavg does not clip gradients"):
+        tutorial_algorithms.hand_built_fedavg(
+            ExperimentConfig(learning_process=HAND_BUILT, client_gradient_clip=1.0), _model_fn()
+        )
     run = make_run("hybrid", learning_process=HAND_BUILT, rounds=1, rounds_per_chunk=1)
     with pytest.raises(program.Error, match="runs on the 'tff' engine only"):
         program.train_until_round(run.root, 1, engine="hybrid")
