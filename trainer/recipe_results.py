@@ -160,8 +160,16 @@ def custom_aggregators(exp) -> dict[str, float]:
     return {"max_weight_difference_vs_plain_mean": difference, **tutorial_aggregators.tutorial_example()}
 
 
+def reconstruction(exp) -> dict[str, float]:
+    """Federated reconstruction: the trivial predictors on the same split, and the server state's contents."""
+    from trainer import reconstruction as fed_recon  # noqa: PLC0415 - it imports this module
+
+    return fed_recon.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
-                                     "custom_aggregators": custom_aggregators}
+                                     "custom_aggregators": custom_aggregators,
+                                     "reconstruction": reconstruction}
 
 
 def measure(exp) -> dict[str, float] | None:
