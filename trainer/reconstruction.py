@@ -72,9 +72,12 @@ class UserEmbedding(tf.keras.layers.Layer):
 
     def build(self, input_shape) -> None:
         # The tutorial's 'uniform' initializer (U(-0.05, 0.05)), seeded so that a round is reproducible.
-        self.embedding = self.add_weight(shape=(1, self.num_latent_factors), dtype=tf.float32,
-                                         initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05, seed=self.seed),
-                                         name="UserEmbeddingKernel")
+        self.embedding = self.add_weight(
+            shape=(1, self.num_latent_factors),
+            dtype=tf.float32,
+            initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05, seed=self.seed),
+            name="UserEmbeddingKernel",
+        )
         super().build(input_shape)
 
     def call(self, inputs):  # noqa: ARG002 - the user embedding does not depend on the item
@@ -91,8 +94,9 @@ def build_keras_model(num_items: int, embedding_dim: int, seed: int = 0):
     return tf.keras.Model(inputs=item_input, outputs=prediction), [item_embedding], [user_embedding]
 
 
-INPUT_SPEC = collections.OrderedDict(x=tf.TensorSpec(shape=[None, 1], dtype=tf.int64),
-                                     y=tf.TensorSpec(shape=[None, 1], dtype=tf.float32))
+INPUT_SPEC = collections.OrderedDict(
+    x=tf.TensorSpec(shape=[None, 1], dtype=tf.int64), y=tf.TensorSpec(shape=[None, 1], dtype=tf.float32)
+)
 
 
 def tff_model_fn(num_items: int, embedding_dim: int, seed: int = 0):
@@ -101,7 +105,8 @@ def tff_model_fn(num_items: int, embedding_dim: int, seed: int = 0):
     def model_fn() -> ReconstructionModel:
         model, global_layers, local_layers = build_keras_model(num_items, embedding_dim, seed)
         return ReconstructionModel.from_keras_model_and_layers(
-            keras_model=model, global_layers=global_layers, local_layers=local_layers, input_spec=INPUT_SPEC)
+            keras_model=model, global_layers=global_layers, local_layers=local_layers, input_spec=INPUT_SPEC
+        )
 
     return model_fn
 
@@ -113,8 +118,9 @@ class RatingAccuracy(tf.keras.metrics.Mean):
         super().__init__(name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(tf.less_equal(tf.abs(y_true - y_pred), RATING_TOLERANCE),
-                                    sample_weight=sample_weight)
+        return super().update_state(
+            tf.less_equal(tf.abs(y_true - y_pred), RATING_TOLERANCE), sample_weight=sample_weight
+        )
 
 
 def loss_fn() -> tf.keras.losses.Loss:
@@ -134,32 +140,43 @@ def dataset_split_fn(cfg: ExperimentConfig):
 def build_learning_process(cfg: ExperimentConfig, model_fn) -> tff.learning.templates.LearningProcess:
     """``build_fed_recon`` with the config's client, server and reconstruction SGD (the tutorial: 0.5, 1.0, 0.1)."""
     return tff.learning.algorithms.build_fed_recon(
-        model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn,
-        server_optimizer_fn=algorithms.server_optimizer(cfg), client_optimizer_fn=algorithms.client_optimizer(cfg),
+        model_fn,
+        loss_fn=loss_fn,
+        metrics_fn=metrics_fn,
+        server_optimizer_fn=algorithms.server_optimizer(cfg),
+        client_optimizer_fn=algorithms.client_optimizer(cfg),
         reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(cfg.reconstruction_learning_rate),
-        dataset_split_fn=dataset_split_fn(cfg))
+        dataset_split_fn=dataset_split_fn(cfg),
+    )
 
 
 def build_evaluation(cfg: ExperimentConfig, model_fn) -> tff.learning.templates.LearningProcess:
     return tff.learning.algorithms.build_fed_recon_eval(
-        model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn,
+        model_fn,
+        loss_fn=loss_fn,
+        metrics_fn=metrics_fn,
         reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(cfg.reconstruction_learning_rate),
-        dataset_split_fn=dataset_split_fn(cfg))
+        dataset_split_fn=dataset_split_fn(cfg),
+    )
 
 
 def num_items(manifest: shards.Manifest) -> int:
     """Rows of the item-embedding table: the largest item id + 1 (MovieLens ids start at 1)."""
     source = manifest.data.get("source") or {}
     if "max_item_id" not in source:
-        raise Error(f"{manifest.root} does not record max_item_id (a ratings data set staged by the movielens "
-                    "source does). Fix: stage the data set with dataset='movielens'.")
+        raise Error(
+            f"{manifest.root} does not record max_item_id (a ratings data set staged by the movielens "
+            "source does). Fix: stage the data set with dataset='movielens'."
+        )
     return int(source["max_item_id"]) + 1
 
 
 def load_experiment(paths: RunPaths, cfg: ExperimentConfig, manifest: shards.Manifest) -> ReconExperiment:
     if manifest.kind != "ratings":
-        raise Error(f"fed_recon factorises a ratings data set; {manifest.root} holds {manifest.kind} data. "
-                    "Fix: dataset='movielens'.")
+        raise Error(
+            f"fed_recon factorises a ratings data set; {manifest.root} holds {manifest.kind} data. "
+            "Fix: dataset='movielens'."
+        )
     items = num_items(manifest)
     model_fn = tff_model_fn(items, cfg.embedding_dim, cfg.seed)
     process = build_learning_process(cfg, model_fn)
@@ -199,14 +216,19 @@ class Users:
             raise Error(f"{exp.manifest.root} has no test users. Fix: split='by_client'.")
         cut = len(train_ids) - exp.cfg.heldout_clients
         read = functools.partial(read_user, exp.manifest)
-        return cls({u: read("train", u) for u in train_ids[:cut]}, {u: read("train", u) for u in train_ids[cut:]},
-                   {u: read("test", u) for u in test_ids}, {u: i for i, u in enumerate(train_ids + test_ids)})
+        return cls(
+            {u: read("train", u) for u in train_ids[:cut]},
+            {u: read("train", u) for u in train_ids[cut:]},
+            {u: read("test", u) for u in test_ids},
+            {u: i for i, u in enumerate(train_ids + test_ids)},
+        )
 
 
 def user_dataset(user: UserRatings, order: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """The user's ratings in ``order``, batched: ``x`` item ids [b, 1], ``y`` ratings [b, 1] (the tutorial's)."""
-    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
-        x=user.items[order].reshape(-1, 1), y=user.ratings[order].reshape(-1, 1))).batch(batch_size)
+    return tf.data.Dataset.from_tensor_slices(
+        collections.OrderedDict(x=user.items[order].reshape(-1, 1), y=user.ratings[order].reshape(-1, 1))
+    ).batch(batch_size)
 
 
 def train_order(cfg: ExperimentConfig, user: UserRatings, index: int, round_num: int) -> np.ndarray:
@@ -236,8 +258,9 @@ def initial_state(exp: ReconExperiment):
     tf.keras.utils.set_random_seed(exp.cfg.seed)
     _, global_layers, _ = build_keras_model(exp.num_items, exp.cfg.embedding_dim, exp.cfg.seed)
     global_layers[0].build((None, 1))
-    weights = tff.learning.models.ModelWeights(trainable=[v.numpy() for v in global_layers[0].trainable_weights],
-                                               non_trainable=[])
+    weights = tff.learning.models.ModelWeights(
+        trainable=[v.numpy() for v in global_layers[0].trainable_weights], non_trainable=[]
+    )
     return exp.process.set_model_weights(state, weights)
 
 
@@ -258,22 +281,31 @@ def load_state(exp: ReconExperiment, round_num: int | None = None):
     return tf.nest.pack_sequence_as(exp.process.initialize(), latest.leaves)
 
 
-def evaluate(exp: ReconExperiment, state, users: dict[str, UserRatings], index: dict[str, int],
-             prefix: str) -> dict[str, float]:
+def evaluate(
+    exp: ReconExperiment, state, users: dict[str, UserRatings], index: dict[str, int], prefix: str
+) -> dict[str, float]:
     """``build_fed_recon_eval`` over ``users``: each reconstructs its embedding from its even batches and is
     scored on its odd ones; MSE and rating accuracy pooled over the scored ratings."""
     eval_state = exp.evaluation.set_model_weights(exp.evaluation.initialize(), exp.process.get_model_weights(state))
     datasets = [user_dataset(u, eval_order(exp.cfg, u, index[uid]), exp.cfg.batch_size) for uid, u in users.items()]
     metrics = exp.evaluation.next(eval_state, datasets).metrics["client_work"]["eval"]["current_round_metrics"]
-    return {f"{prefix}_mse": float(metrics["loss"]), f"{prefix}_rating_accuracy": float(metrics["rating_accuracy"]),
-            f"{prefix}_examples": int(len(scored_ratings(exp.cfg, users, index)))}
+    return {
+        f"{prefix}_mse": float(metrics["loss"]),
+        f"{prefix}_rating_accuracy": float(metrics["rating_accuracy"]),
+        f"{prefix}_examples": int(len(scored_ratings(exp.cfg, users, index))),
+    }
 
 
 def generic_names(row: dict) -> dict[str, float]:
     """The same values under the engine's generic names (plots, the run's headline): loss = MSE, accuracy =
     rating accuracy, held-out clients = the validation users."""
-    generic = {"train_rating_accuracy": "train_accuracy", "val_mse": "heldout_loss",
-               "val_rating_accuracy": "heldout_accuracy", "test_mse": "test_loss", "test_rating_accuracy": "test_accuracy"}
+    generic = {
+        "train_rating_accuracy": "train_accuracy",
+        "val_mse": "heldout_loss",
+        "val_rating_accuracy": "heldout_accuracy",
+        "test_mse": "test_loss",
+        "test_rating_accuracy": "test_accuracy",
+    }
     return {name: row[key] for key, name in generic.items() if key in row}
 
 
@@ -301,19 +333,32 @@ def _rounds(exp: ReconExperiment, state, start_round: int, until_round: int) -> 
     cfg = exp.cfg
     users = Users.read(exp)
     train_ids = list(users.train)
-    log.info("fed_recon rounds %d-%d: %d train, %d validation, %d test users", start_round + 1, until_round,
-             len(users.train), len(users.val), len(users.test))
+    log.info(
+        "fed_recon rounds %d-%d: %d train, %d validation, %d test users",
+        start_round + 1,
+        until_round,
+        len(users.train),
+        len(users.val),
+        len(users.test),
+    )
     for round_num in range(start_round + 1, until_round + 1):
         start = time.perf_counter()
         sampled = program.sample_clients(cfg, round_num, train_ids)
         row = {"round": round_num, "clients_sampled": len(sampled), "engine": "tff"}
         if sampled:
-            datasets = [user_dataset(users.train[u], train_order(cfg, users.train[u], users.index[u], round_num),
-                                     cfg.batch_size) for u in sampled]
+            datasets = [
+                user_dataset(
+                    users.train[u], train_order(cfg, users.train[u], users.index[u], round_num), cfg.batch_size
+                )
+                for u in sampled
+            ]
             output = exp.process.next(state, datasets)
             state, train = output.state, output.metrics["client_work"]["train"]
-            row.update(train_loss=float(train["loss"]), train_mse=float(train["loss"]),
-                       train_rating_accuracy=float(train["rating_accuracy"]))
+            row.update(
+                train_loss=float(train["loss"]),
+                train_mse=float(train["loss"]),
+                train_rating_accuracy=float(train["rating_accuracy"]),
+            )
         if round_num % cfg.eval_every == 0 or round_num == cfg.rounds:
             if users.val:
                 row.update(evaluate(exp, state, users.val, users.index, "val"))
@@ -323,10 +368,17 @@ def _rounds(exp: ReconExperiment, state, start_round: int, until_round: int) -> 
         row["wall_time"] = time.time()
         metrics_log.append_row(exp.paths.metrics, row)
         exp.checkpoints.save(round_num, tf.nest.flatten(state))
-        log.info("round %d/%d mse=%.4f rating_accuracy=%.4f%s seconds=%.2f", round_num, cfg.rounds,
-                 row.get("train_mse", float("nan")), row.get("train_rating_accuracy", float("nan")),
-                 f" test_mse={row['test_mse']:.4f} test_rating_accuracy={row['test_rating_accuracy']:.4f}"
-                 if "test_mse" in row else "", row["round_seconds"])
+        log.info(
+            "round %d/%d mse=%.4f rating_accuracy=%.4f%s seconds=%.2f",
+            round_num,
+            cfg.rounds,
+            row.get("train_mse", float("nan")),
+            row.get("train_rating_accuracy", float("nan")),
+            f" test_mse={row['test_mse']:.4f} test_rating_accuracy={row['test_rating_accuracy']:.4f}"
+            if "test_mse" in row
+            else "",
+            row["round_seconds"],
+        )
         lifecycle.maybe_inject_fault(round_num)
 
 
@@ -359,12 +411,21 @@ def export(exp: ReconExperiment) -> dict:
     model = item_embedding_model(exp, state)
     example = np.arange(1, 6, dtype=np.int64).reshape(-1, 1)
     tmp = exp.paths.root / f".model-{uuid.uuid4().hex[:8]}"
-    mlflow.tensorflow.save_model(model, tmp, signature=infer_signature(example, model(example).numpy()),
-                                 input_example=example, pip_requirements=[f"tensorflow=={tf.__version__}"])
+    mlflow.tensorflow.save_model(
+        model,
+        tmp,
+        signature=infer_signature(example, model(example).numpy()),
+        input_example=example,
+        pip_requirements=[f"tensorflow=={tf.__version__}"],
+    )
     _replace_dir(tmp, exp.paths.model)
-    final = {"round": latest.round_num, **metrics, "test_loss": metrics["test_mse"],
-             "test_accuracy": metrics["test_rating_accuracy"],
-             "num_parameters": int(sum(np.size(w) for w in exp.process.get_model_weights(state).trainable))}
+    final = {
+        "round": latest.round_num,
+        **metrics,
+        "test_loss": metrics["test_mse"],
+        "test_accuracy": metrics["test_rating_accuracy"],
+        "num_parameters": int(sum(np.size(w) for w in exp.process.get_model_weights(state).trainable)),
+    }
     atomic.write_json(exp.paths.final, final)
     recipe_results.measure(exp)
     log.info("Exported the round-%d item embeddings to %s: %s", latest.round_num, exp.paths.model, final)
@@ -400,9 +461,12 @@ def measure(exp: ReconExperiment) -> dict[str, float]:
     item_values = exp.num_items * exp.cfg.embedding_dim
     user_shape = tuple(ReconstructionModel.get_local_variables(exp.model_fn()).trainable[0].shape)
     return {
-        "global_mean_rating": mean, "most_frequent_rating": mode,
-        "global_mean_test_mse": mean_mse, "global_mean_test_rating_accuracy": mean_accuracy,
-        "most_frequent_test_mse": mode_mse, "most_frequent_test_rating_accuracy": mode_accuracy,
+        "global_mean_rating": mean,
+        "most_frequent_rating": mode,
+        "global_mean_test_mse": mean_mse,
+        "global_mean_test_rating_accuracy": mean_accuracy,
+        "most_frequent_test_mse": mode_mse,
+        "most_frequent_test_rating_accuracy": mode_accuracy,
         "test_ratings_scored": int(len(scored)),
         "server_model_tensors": len(weights.trainable) + len(weights.non_trainable),
         "server_item_embedding_values": int(sum(np.size(w) for w in weights.trainable)),

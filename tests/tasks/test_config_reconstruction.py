@@ -17,12 +17,15 @@ def test_fed_recon_with_its_model_and_movielens_is_trainable_with_the_tutorials_
     assert (cfg.embedding_dim, cfg.reconstruction_learning_rate, cfg.reconstruction_epochs) == (50, 0.1, 1)
 
 
-@pytest.mark.parametrize("partial", [
-    {"algorithm": "fed_recon"},
-    {"algorithm": "fed_recon", "dataset": "movielens", "split": "by_client"},
-    {"model": "matrix_factorization"},
-    {"model": "matrix_factorization", "algorithm": "fed_recon", "dataset": "digits"},
-])
+@pytest.mark.parametrize(
+    "partial",
+    [
+        {"algorithm": "fed_recon"},
+        {"algorithm": "fed_recon", "dataset": "movielens", "split": "by_client"},
+        {"model": "matrix_factorization"},
+        {"model": "matrix_factorization", "algorithm": "fed_recon", "dataset": "digits"},
+    ],
+)
 def test_fed_recon_its_model_and_movielens_only_come_together(partial):
     with pytest.raises(ConfigError, match=r"only together.*Got \{.*\}\. Fix: set all three"):
         ExperimentConfig(**partial)
@@ -34,24 +37,30 @@ def test_movielens_alone_still_stages_but_classifier_training_on_it_is_refused()
         cfg.check_trainable()
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"engine": "hybrid"}, r"'fed_recon' runs on the 'tff' engine only. Got engine='hybrid'. Fix: engine='tff'"),
-    ({"aggregator": "robust"}, r"Got \{'aggregator': 'robust'\}.*aggregator='mean'"),
-    ({"compress": True}, r"Got \{'compress': True\}.*compress=false"),
-    ({"split": "within_client"}, r"never trained on.*Got split='within_client'. Fix: split='by_client'"),
-    ({"split": "auto"}, r"Got split='auto'. Fix: split='by_client'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"engine": "hybrid"}, r"'fed_recon' runs on the 'tff' engine only. Got engine='hybrid'. Fix: engine='tff'"),
+        ({"aggregator": "robust"}, r"Got \{'aggregator': 'robust'\}.*aggregator='mean'"),
+        ({"compress": True}, r"Got \{'compress': True\}.*compress=false"),
+        ({"split": "within_client"}, r"never trained on.*Got split='within_client'. Fix: split='by_client'"),
+        ({"split": "auto"}, r"Got split='auto'. Fix: split='by_client'"),
+    ],
+)
 def test_fed_recon_refuses_settings_it_cannot_honour_naming_the_fix(change, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig(**{**RECON, **change})
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("reconstruction_learning_rate", 0.0, "reconstruction_learning_rate must be > 0"),
-    ("reconstruction_epochs", 0, "reconstruction_epochs must be >= 1"),
-    ("embedding_dim", 0, "embedding_dim must be >= 1"),
-    ("embedding_dim", 2000, "embedding_dim must be >= 1 and <= 1024"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("reconstruction_learning_rate", 0.0, "reconstruction_learning_rate must be > 0"),
+        ("reconstruction_epochs", 0, "reconstruction_epochs must be >= 1"),
+        ("embedding_dim", 0, "embedding_dim must be >= 1"),
+        ("embedding_dim", 2000, "embedding_dim must be >= 1 and <= 1024"),
+    ],
+)
 def test_the_reconstruction_settings_are_bounded(field, value, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig(**{**RECON, field: value})

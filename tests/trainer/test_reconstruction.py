@@ -16,7 +16,7 @@ from tasks.sources import movielens
 from tests.trainer.conftest import checkpoint
 from trainer import program, reconstruction
 
-NUM_ITEMS = 12  # item ids 1..12, so 13 embedding rows
+NUM_ITEMS = 20  # item ids 1..20, so 21 embedding rows
 DIM = 4
 
 
@@ -26,8 +26,9 @@ def synthetic_user(user_id: str, rng: np.random.Generator, items: np.ndarray) ->
     chosen = rng.choice(np.arange(1, NUM_ITEMS + 1), size=n, replace=False)
     u = rng.normal(0, 1, 2)
     ratings = np.clip(np.round(3 + items[chosen] @ u), 1, 5).astype(np.float32)
-    return shards.Client(user_id, {"item_id": chosen.astype(np.int64), "rating": ratings,
-                                   "timestamp": np.arange(n, dtype=np.int64)})
+    return shards.Client(
+        user_id, {"item_id": chosen.astype(np.int64), "rating": ratings, "timestamp": np.arange(n, dtype=np.int64)}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +37,42 @@ def ratings_staged(tmp_path_factory):
     items = rng.normal(0, 0.8, (NUM_ITEMS + 1, 2))
     out = tmp_path_factory.mktemp("ratings")
     shards.write_dataset(
-        out, {"train": [synthetic_user(f"{i}", rng, items) for i in range(1, 9)],
-              "test": [synthetic_user(f"{i}", rng, items) for i in range(9, 11)]},
+        out,
+        {
+            "train": [synthetic_user(f"{i}", rng, items) for i in range(1, 9)],
+            "test": [synthetic_user(f"{i}", rng, items) for i in range(9, 11)],
+        },
         movielens.schema(),
-        metadata={"dataset": "movielens", "fingerprint": "synthetic", "settings": {},
-                  "source": {"name": "movielens", "max_item_id": NUM_ITEMS}},
+        metadata={
+            "dataset": "movielens",
+            "fingerprint": "synthetic",
+            "settings": {},
+            "source": {"name": "movielens", "max_item_id": NUM_ITEMS},
+        },
     )
     return out
 
 
 def make_recon_run(tmp_path, staged, name: str, **overrides) -> RunPaths:
-    cfg = ExperimentConfig(**{"dataset": "movielens", "algorithm": "fed_recon", "model": "matrix_factorization",
-                              "split": "by_client", "recipe": "reconstruction", "num_clients": 8, "heldout_clients": 2,
-                              "clients_per_round": 3, "batch_size": 3, "embedding_dim": DIM, "rounds": 2,
-                              "rounds_per_chunk": 1, "eval_every": 1, "keep_checkpoints": 100, **overrides})
+    cfg = ExperimentConfig(
+        **{
+            "dataset": "movielens",
+            "algorithm": "fed_recon",
+            "model": "matrix_factorization",
+            "split": "by_client",
+            "recipe": "reconstruction",
+            "num_clients": 8,
+            "heldout_clients": 2,
+            "clients_per_round": 3,
+            "batch_size": 3,
+            "embedding_dim": DIM,
+            "rounds": 2,
+            "rounds_per_chunk": 1,
+            "eval_every": 1,
+            "keep_checkpoints": 100,
+            **overrides,
+        }
+    )
     run = RunPaths(tmp_path / name)
     run.root.mkdir()
     atomic.write_json(run.config, cfg.to_dict())
@@ -70,6 +93,12 @@ def runs(tmp_path_factory, ratings_staged):
     return one_go, chunked
 
 
+@pytest.fixture(scope="module")
+def exp(runs):
+    """The finished run's experiment, as a new trainer process loads it."""
+    return program.load_experiment(runs[0].root)
+
+
 def test_a_run_in_two_chunks_ends_with_the_state_and_metrics_of_one_run(runs):
     one_go, chunked = runs
     for a, b in zip(checkpoint(one_go).leaves, checkpoint(chunked).leaves, strict=True):
@@ -77,8 +106,10 @@ def test_a_run_in_two_chunks_ends_with_the_state_and_metrics_of_one_run(runs):
     assert not np.array_equal(checkpoint(one_go, 0).leaves[0], checkpoint(one_go).leaves[0])  # items trained
 
     def values(run):
-        return [{k: v for k, v in r.items() if k not in ("round_seconds", "wall_time")}
-                for r in metrics_log.read_rows(run.metrics)]
+        return [
+            {k: v for k, v in r.items() if k not in ("round_seconds", "wall_time")}
+            for r in metrics_log.read_rows(run.metrics)
+        ]
 
     assert values(one_go) == values(chunked)
 
@@ -107,8 +138,7 @@ def test_export_writes_final_test_values_and_the_item_embeddings_as_an_mlflow_mo
     assert (run.model / "MLmodel").is_file() and "tensorflow" in (run.model / "MLmodel").read_text()
 
 
-def test_the_server_state_holds_only_item_embeddings_never_a_user_embedding(runs):
-    exp = program.load_experiment(runs[0].root)
+def test_the_server_state_holds_only_item_embeddings_never_a_user_embedding(runs, exp):
     state = reconstruction.load_state(exp)
     weights = exp.process.get_model_weights(state)
     assert [np.shape(w) for w in weights.trainable] == [(NUM_ITEMS + 1, DIM)] and list(weights.non_trainable) == []
@@ -122,8 +152,7 @@ def test_the_server_state_holds_only_item_embeddings_never_a_user_embedding(runs
     assert results["server_item_embedding_values"] == (NUM_ITEMS + 1) * DIM
 
 
-def test_the_trivial_predictors_are_fitted_on_training_users_and_scored_on_the_evaluated_test_ratings(runs):
-    exp = program.load_experiment(runs[0].root)
+def test_the_trivial_predictors_are_fitted_on_training_users_and_scored_on_the_evaluated_test_ratings(runs, exp):
     users = reconstruction.Users.read(exp)
     assert (len(users.train), len(users.val), len(users.test)) == (6, 2, 2)
     train = np.concatenate([u.ratings for u in users.train.values()])
@@ -143,8 +172,8 @@ def test_a_constant_predictor_scores_mse_and_rating_accuracy_within_half_a_star(
 
 
 def test_ratings_without_an_item_count_or_image_data_are_refused_with_the_fix(tmp_path, ratings_staged, staged):
-    manifest = shards.Manifest.read(ratings_staged)
-    manifest.data = {**manifest.data, "source": {}}
+    staged_manifest = shards.Manifest.read(ratings_staged)
+    manifest = shards.Manifest(staged_manifest.root, {**staged_manifest.data, "source": {}})
     with pytest.raises(reconstruction.Error, match="max_item_id.*Fix: stage the data set with dataset='movielens'"):
         reconstruction.num_items(manifest)
     run = make_recon_run(tmp_path, staged, "images")
