@@ -3,10 +3,12 @@ engine with the plain mean and users split by client; its own settings are bound
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from tasks import recipes
+from tasks import recipes, shards, validate
 from tasks.config import ConfigError, ExperimentConfig
+from tasks.sources import movielens
 
 RECON = {"algorithm": "fed_recon", "model": "matrix_factorization", "dataset": "movielens", "split": "by_client"}
 
@@ -73,6 +75,32 @@ def test_the_reconstruction_recipe_splits_users_into_train_val_test_with_50_per_
     train_users = cfg.num_clients - cfg.heldout_clients
     assert (train_users, cfg.heldout_clients, test_users) == (764, 85, 85)
     assert cfg.clients_per_round == 50 and cfg.embedding_dim == 50 and cfg.batch_size == 5
-    assert (cfg.client_learning_rate, cfg.server_learning_rate) == (0.5, 1.0)
+    assert (cfg.client_learning_rate, cfg.server_learning_rate, cfg.reconstruction_learning_rate) == (0.5, 1.0, 0.1)
     tiny = recipe.settings("tiny")
     assert ExperimentConfig.from_mapping({**tiny, "recipe": "reconstruction"}).num_chunks == 2
+
+
+def _ratings_manifest(tmp_path, source: dict) -> shards.Manifest:
+    user = shards.Client(
+        "1",
+        {
+            "item_id": np.array([1, 2], np.int64),
+            "rating": np.array([4.0, 3.0], np.float32),
+            "timestamp": np.array([0, 1], np.int64),
+        },
+    )
+    tmp_path.mkdir()
+    shards.write_dataset(
+        tmp_path,
+        {"train": [user], "test": [user]},
+        movielens.schema(),
+        metadata={"dataset": "movielens", "fingerprint": "t", "settings": {}, "source": source},
+    )
+    return shards.Manifest.read(tmp_path)
+
+
+def test_validation_passes_matrix_factorization_on_staged_ratings_and_refuses_it_elsewhere(tmp_path):
+    cfg = ExperimentConfig(**RECON)
+    assert validate._check_model(_ratings_manifest(tmp_path / "ok", {"max_item_id": 2}), cfg).success
+    check = validate._check_model(_ratings_manifest(tmp_path / "no_items", {}), cfg)
+    assert not check.success and "max_item_id" in str(check) and "Fix: dataset='movielens'" in str(check)
