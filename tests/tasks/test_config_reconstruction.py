@@ -76,8 +76,8 @@ def test_the_reconstruction_recipe_splits_users_into_train_val_test_with_50_per_
     assert (train_users, cfg.heldout_clients, test_users) == (764, 85, 85)
     assert cfg.clients_per_round == 50 and cfg.embedding_dim == 50 and cfg.batch_size == 5
     assert (cfg.client_learning_rate, cfg.server_learning_rate, cfg.reconstruction_learning_rate) == (0.5, 1.0, 0.1)
-    tiny = recipe.settings("tiny")
-    assert ExperimentConfig.from_mapping({**tiny, "recipe": "reconstruction"}).num_chunks == 2
+    tiny = ExperimentConfig.from_mapping({**recipe.settings("tiny"), "recipe": "reconstruction"})
+    assert (tiny.num_clients - tiny.heldout_clients, tiny.heldout_clients, tiny.clients_per_round) == (90, 10, 10)
 
 
 def _ratings_manifest(tmp_path, source: dict) -> shards.Manifest:
