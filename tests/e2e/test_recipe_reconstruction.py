@@ -29,4 +29,4 @@ def test_make_run_reconstruction_registers_the_item_embeddings_and_checks_the_se
     for key in ("train_mse", "train_rating_accuracy", "val_mse", "test_mse", "test_rating_accuracy"):
         assert key in run.data.metrics, key
     version = client.get_model_version_by_alias("fedflow-recipe-reconstruction", "candidate")
-    assert version.version == "1"  # the item embeddings (item id -> vector), registered as a TensorFlow model
+    assert int(version.version) == 1  # the item embeddings (item id -> vector), registered as a TensorFlow model
