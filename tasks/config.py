@@ -27,17 +27,19 @@ PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
 PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
 SPLITS = ("auto", "central", "within_client", "by_client", "source")
-MODELS = ("cnn", "mlp", "softmax")
+MODELS = ("cnn", "mlp", "softmax", "matrix_factorization")
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
-ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fed_recon")
+# Federated Reconstruction (trainer/reconstruction.py): matrix factorisation of the movielens ratings only.
+RECONSTRUCTION = {"algorithm": "fed_recon", "model": "matrix_factorization", "dataset": "movielens"}
 CLIENT_SAMPLING = ("uniform", "poisson", "fixed")
 # Recipe sizes (recipes/<name>.yaml): "default" runs in minutes on 2 cores, "full" as the tutorial, "tiny" in tests.
 RECIPE_VARIANTS = ("default", "full", "tiny")
 # Training engines (README "Training on a GPU"): TFF's learning processes in worker_binary (the reference,
 # CPU only in TFF's pip build), or client work as a tf.function in the trainer (a GPU when one is visible)
-# with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all of ALGORITHMS today).
+# with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all but fed_recon today).
 ENGINES = ("tff", "hybrid")
-HYBRID_ALGORITHMS = ALGORITHMS
+HYBRID_ALGORITHMS = tuple(a for a in ALGORITHMS if a != RECONSTRUCTION["algorithm"])
 # TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
 AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", "custom")
 DP_CLIPPING = ("adaptive", "fixed")
@@ -166,12 +168,14 @@ class ExperimentConfig:
     model: str = _field(
         "cnn", section="Model", title="Model", enum=list(MODELS),
         description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer; 'softmax': zero-initialised "
-        "softmax regression (TFF's image-classification tutorial).",
+        "softmax regression (TFF's image-classification tutorial); 'matrix_factorization': item embeddings on the "
+        "server, one user embedding kept on each client (algorithm fed_recon, dataset movielens).",
     )
     algorithm: str = _field(
         "fedavg", section="Algorithm", title="Algorithm", enum=list(ALGORITHMS),
         description="fedavg (weighted by examples), fedavg_unweighted, fedsgd, fedprox, or FedAvg with an "
-        "adaptive server optimizer: fedadam, fedyogi, fedadagrad (use a server learning rate of ~0.01-0.1).",
+        "adaptive server optimizer: fedadam, fedyogi, fedadagrad (use a server learning rate of ~0.01-0.1); "
+        "fed_recon: Federated Reconstruction (Singhal et al. 2021) of a matrix factorisation on movielens.",
     )
     engine: str = _field(
         "tff", section="Algorithm", title="Training engine", enum=list(ENGINES),
@@ -230,6 +234,20 @@ class ExperimentConfig:
         0.0, section="Algorithm", title="Client gradient clip (L2 norm)", minimum=0, maximum=1e6,
         description="For a learning_process that reads it (fedavg_with_gradient_clipping): each local gradient is "
         "scaled to at most this global L2 norm; 0 = no clipping. The built-in algorithms do not clip gradients.",
+    )
+    reconstruction_learning_rate: float = _field(
+        0.1, section="Algorithm", title="Reconstruction learning rate", exclusiveMinimum=0, maximum=10,
+        description="fed_recon: SGD learning rate with which each client reconstructs its own user embedding "
+        "(item embeddings frozen), in training and in evaluation.",
+    )
+    reconstruction_epochs: int = _field(
+        1, section="Algorithm", title="Reconstruction epochs", minimum=1, maximum=100,
+        description="fed_recon: passes over the reconstruction half of a client's batches before it trains the "
+        "item embeddings (TFF's recon_epochs; 1 in the tutorial).",
+    )
+    embedding_dim: int = _field(
+        50, section="Model", title="Embedding size", minimum=1, maximum=1024,
+        description="matrix_factorization: latent factors of the user and item embeddings (50 in the tutorial).",
     )
     # -- aggregation and privacy -------------------------------------------------------------
     aggregator: str = _field(
@@ -361,6 +379,7 @@ class ExperimentConfig:
                 f"Fix: engine='tff', or one of {list(HYBRID_ALGORITHMS)}."
             )
         self._check_data()
+        self._check_reconstruction()
         if self.num_chunks > MAX_CHUNKS:
             needed = math.ceil(self.rounds / MAX_CHUNKS)
             raise ConfigError(
@@ -423,10 +442,36 @@ class ExperimentConfig:
             raise ConfigError(f"classes_per_client must be <= 10 (digits has 10 classes). Got "
                               f"{self.classes_per_client}.")
 
+    def _check_reconstruction(self) -> None:
+        """fed_recon, matrix_factorization and movielens go together, on the tff engine, with the plain mean."""
+        chosen = {key: getattr(self, key) for key in RECONSTRUCTION}
+        if chosen != RECONSTRUCTION and any(chosen[key] == value for key, value in RECONSTRUCTION.items()
+                                            if key != "dataset"):
+            raise ConfigError(
+                f"algorithm 'fed_recon' trains model 'matrix_factorization' on dataset 'movielens', and only "
+                f"together. Got {chosen}. Fix: set all three (recipe 'reconstruction' does), or none."
+            )
+        if chosen != RECONSTRUCTION:
+            return
+        other = {key: value for key, value in (("engine", self.engine), ("aggregator", self.aggregator),
+                                                ("compress", self.compress)) if value != _DEFAULTS[key]}
+        if other:
+            raise ConfigError(
+                f"fed_recon runs on the 'tff' engine with the plain mean of item-embedding updates. Got {other}. "
+                "Fix: engine='tff', aggregator='mean', compress=false."
+            )
+        if self.effective_split != "by_client":
+            raise ConfigError(
+                f"fed_recon evaluates on users it never trained on (as the tutorial splits users into "
+                f"train/val/test). Got split={self.split!r}. Fix: split='by_client'."
+            )
+
     def check_trainable(self) -> None:
         """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind
         (known before staging for the named data sets; path sources are checked after staging)."""
         kind = DATASET_KINDS.get(self.dataset)
+        if self.algorithm == RECONSTRUCTION["algorithm"]:  # __post_init__ checked that it has movielens
+            return
         if kind in ("text", "ratings"):
             raise ConfigError(
                 f"model {self.model!r} classifies images and feature vectors; dataset {self.dataset!r} is {kind} "
@@ -494,6 +539,7 @@ class ExperimentConfig:
         return cls.from_mapping(json.loads(Path(path).read_text()))
 
 
+_DEFAULTS = {"engine": "tff", "aggregator": "mean", "compress": False}
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 

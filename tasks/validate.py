@@ -363,6 +363,14 @@ def _check_clients_per_round(manifest: shards.Manifest, cfg: ExperimentConfig) -
 
 def _check_model(manifest: shards.Manifest, cfg: ExperimentConfig) -> Check:
     schema = manifest.schema
+    if cfg.model == "matrix_factorization":  # fed_recon (trainer/reconstruction.py) factorises ratings
+        names = {c.name for c in schema.columns}
+        if schema.kind != "ratings" or not {"item_id", "rating"} <= names or "max_item_id" not in manifest.data.get(
+                "source", {}):
+            return _failed("model compatibility", [
+                f"model 'matrix_factorization' factorises ratings (item_id, rating, and the source's max_item_id); "
+                f"this is {schema.kind} data with columns {sorted(names)}. Fix: dataset='movielens'."])
+        return _passed("model compatibility", "model 'matrix_factorization' fits the ratings (item_id, rating)")
     if schema.kind not in ("image", "vector") or schema.label is None:
         what = f"{schema.kind} data" + ("" if schema.kind in ("text", "ratings") else " without a label")
         return _failed("model compatibility", [

@@ -12,6 +12,8 @@ refuses Keras optimizers).
   proximal term of strength ``proximal_strength`` (mu).
 - ``fedadam`` / ``fedyogi`` / ``fedadagrad``: Reddi et al. 2021, "Adaptive Federated Optimization";
   FedAvg client work with an adaptive server optimizer (epsilon ``server_epsilon``, the paper's tau).
+- ``fed_recon``: Singhal et al. 2021, "Federated Reconstruction: Partially Local Federated Learning"; its
+  model is a ``tff.learning.models.ReconstructionModel`` (trainer/reconstruction.py runs it).
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def _fedprox(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
                            proximal_strength=cfg.proximal_strength)
 
 
+def _fed_recon(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    from trainer import reconstruction  # noqa: PLC0415 - reconstruction imports this module
+
+    return reconstruction.build_learning_process(cfg, model_fn)
+
+
 ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {
     "fedavg": _fedavg,
     "fedavg_unweighted": _fedavg,
@@ -82,6 +90,7 @@ ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] =
     "fedadam": _fedavg,
     "fedyogi": _fedavg,
     "fedadagrad": _fedavg,
+    "fed_recon": _fed_recon,
 }
 
 

@@ -28,7 +28,7 @@ from tasks import atomic, metrics_log, privacy, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
-from trainer import aggregators, algorithms, hybrid, lifecycle, models, recipe_results
+from trainer import aggregators, algorithms, hybrid, lifecycle, models, recipe_results, reconstruction
 
 log = logging.getLogger("fedflow.trainer")
 
@@ -63,11 +63,13 @@ def configure_devices() -> list[str]:
     return [gpu.name for gpu in gpus]
 
 
-def load_experiment(run_dir: Path) -> Experiment:
+def load_experiment(run_dir: Path) -> Experiment | reconstruction.ReconExperiment:
     configure_devices()
     paths = RunPaths(Path(run_dir))
     cfg = ExperimentConfig.read_json(paths.config)
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
+    if cfg.algorithm == "fed_recon":  # matrix factorisation of ratings: its own model and loop
+        return reconstruction.load_experiment(paths, cfg, manifest)
     input_shape, num_classes = model_input_shape(manifest), manifest.num_classes
     if cfg.aggregator == "secure":
         # The local C++ runtime cannot run secure-sum intrinsics; TFF's test context replaces them with
@@ -223,6 +225,8 @@ def train_until_round(run_dir: Path, until_round: int, engine: str | None = None
     exp = load_experiment(run_dir)
     engine = engine or exp.cfg.engine
     record_environment(exp.paths, engine)
+    if isinstance(exp, reconstruction.ReconExperiment):
+        return reconstruction.train_until_round(exp, until_round)  # exports after the last round too
     reached = _train(exp, until_round, engine)
     if reached == exp.cfg.rounds:
         export_model(exp)
@@ -399,6 +403,8 @@ def export_model(exp: Experiment) -> dict:
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
+    if isinstance(exp, reconstruction.ReconExperiment):
+        return reconstruction.export(exp)
     latest = exp.checkpoints.load_latest()
     if latest is None or latest.round_num != exp.cfg.rounds:
         reached = None if latest is None else latest.round_num

@@ -166,9 +166,17 @@ def build_your_own_algorithm(exp) -> dict[str, float]:
     return algorithm_parity.build_your_own_algorithm(exp)
 
 
+def reconstruction(exp) -> dict[str, float]:
+    """Federated reconstruction: the trivial predictors on the same split, and the server state's contents."""
+    from trainer import reconstruction as fed_recon  # noqa: PLC0415 - it imports this module
+
+    return fed_recon.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
-                                     "build_your_own_algorithm": build_your_own_algorithm}
+                                     "build_your_own_algorithm": build_your_own_algorithm,
+                                     "reconstruction": reconstruction}
 
 
 def measure(exp) -> dict[str, float] | None:

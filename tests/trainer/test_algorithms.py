@@ -17,7 +17,8 @@ def test_the_algorithm_table_matches_the_config_enum():
     assert set(algorithms.ALGORITHMS) == set(config.ALGORITHMS)
 
 
-@pytest.mark.parametrize("algorithm", config.ALGORITHMS)
+# fed_recon factorises ratings (tests/trainer/test_reconstruction.py), not these images
+@pytest.mark.parametrize("algorithm", config.HYBRID_ALGORITHMS)
 def test_each_algorithm_lowers_the_training_loss_and_moves_the_weights(make_run, algorithm):
     run = make_run(algorithm=algorithm, server_learning_rate=SERVER_LR.get(algorithm, 1.0),
                    client_learning_rate=0.2, proximal_strength=0.1)
