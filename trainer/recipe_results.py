@@ -160,8 +160,16 @@ def custom_aggregators(exp) -> dict[str, float]:
     return {"max_weight_difference_vs_plain_mean": difference, **tutorial_aggregators.tutorial_example()}
 
 
+def recommended_aggregators(exp) -> dict[str, float]:
+    """Recommended aggregators: clip tracking and the corrupted-client re-run (trainer/recommended_aggregators.py)."""
+    from trainer import recommended_aggregators as measurements  # noqa: PLC0415 - it imports program
+
+    return measurements.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
-                                     "custom_aggregators": custom_aggregators}
+                                     "custom_aggregators": custom_aggregators,
+                                     "recommended_aggregators": recommended_aggregators}
 
 
 def measure(exp) -> dict[str, float] | None:
