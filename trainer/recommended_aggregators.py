@@ -78,7 +78,8 @@ def clip_tracking(rows: list[dict]) -> dict[str, float]:
 
 def corrupted_run(exp) -> dict[str, float]:
     """The run's rounds again with corrupted clients (module docstring): final test accuracy, corrupted
-    updates sent and zeroed, and rounds whose aggregate the server rejected as non-finite."""
+    updates sent, updates the aggregator zeroed (any client's: compare the honest run's ``zeroed_updates``),
+    and rounds whose aggregate the server rejected as non-finite."""
     from trainer import algorithms, models, program  # noqa: PLC0415 - program imports this module's users
 
     cfg = dataclasses.replace(exp.cfg, engine="hybrid", corrupt_clients=exp.cfg.corrupt_clients or 1)
