@@ -289,6 +289,15 @@ class ExperimentConfig:
         10.0, section="Privacy", title="DP epsilon budget", minimum=0, maximum=1000000,
         description="A DP run whose planned ε exceeds this fails before training (0: no limit).",
     )
+    corrupt_clients: int = _field(
+        0, section="Aggregation", title="Corrupted clients per round", minimum=0, maximum=500,
+        description="Robustness test (hybrid engine): this many of each round's sampled clients, drawn from (seed, "
+        "round), send their model update multiplied by corrupt_update_scale. 0 = off.",
+    )
+    corrupt_update_scale: float = _field(
+        10000.0, section="Aggregation", title="Corrupted update scale", exclusiveMinimum=0, maximum=1e12,
+        description="The factor a corrupted client's model update is multiplied by (corrupt_clients > 0).",
+    )
     custom_aggregator: str = _field(
         "", section="Aggregation", title="Custom aggregator factory",
         pattern=r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)?$",
@@ -373,6 +382,8 @@ class ExperimentConfig:
         if self.aggregator == "dp":
             self._check_dp()
         self._check_learning_process()
+        if self.corrupt_clients:
+            self._check_corruption()
         if self.engine == "hybrid" and self.algorithm not in HYBRID_ALGORITHMS:
             raise ConfigError(
                 f"algorithm {self.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "
@@ -413,6 +424,19 @@ class ExperimentConfig:
                 f"client_gradient_clip applies to a learning_process that clips gradients; the built-in algorithms "
                 f"do not. Got client_gradient_clip={self.client_gradient_clip} with learning_process=''. Fix: set "
                 "learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping', or set it to 0."
+            )
+
+    def _check_corruption(self) -> None:
+        if self.engine != "hybrid":
+            raise ConfigError(
+                f"corrupt_clients scales client updates before aggregation, which the hybrid engine does (the tff "
+                f"engine aggregates inside TFF's learning process). Got engine={self.engine!r}, corrupt_clients="
+                f"{self.corrupt_clients}. Fix: engine='hybrid', or corrupt_clients=0."
+            )
+        if self.corrupt_clients > self.clients_per_round:
+            raise ConfigError(
+                f"corrupt_clients must be <= clients_per_round ({self.clients_per_round}). Got "
+                f"{self.corrupt_clients}. Fix: lower corrupt_clients."
             )
 
     def _check_data(self) -> None:

@@ -36,7 +36,7 @@ from tensorflow_federated.python.aggregators import factory_utils
 from tensorflow_federated.python.learning import tensor_utils
 
 from tasks.config import ExperimentConfig
-from trainer import aggregators, algorithms, stacked
+from trainer import aggregators, algorithms, client_updates, stacked
 
 ModelWeights = tff.learning.models.ModelWeights
 
@@ -56,6 +56,8 @@ class Cohort:
     lengths: np.ndarray
     # (x [K, steps, batch, features], y, mask) for the lock-step path (trainer/stacked.py), when it is used.
     padded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # The factor each client's update is multiplied by before aggregation (``corrupt_clients``); None = honest.
+    update_scales: np.ndarray | None = None
 
     @classmethod
     def of(cls, examples: Sequence[tuple[np.ndarray, np.ndarray]], x_shape: tuple[int, ...]) -> Cohort:
@@ -111,7 +113,7 @@ class HybridEngine:
         self.weighted = aggregators.is_weighted(cfg, factory)
         # No factory is TFF's plain (weighted) mean: computed in the client-work graph with MeanFactory's
         # arithmetic, so the updates never leave the device. Every other aggregator is TFF's process.
-        self.in_graph_mean = factory is None
+        self.in_graph_mean = factory is None and not cfg.corrupt_clients  # corrupting needs each client's update
         self.fedsgd = cfg.algorithm == "fedsgd"
         self.proximal_strength = cfg.proximal_strength if cfg.algorithm == "fedprox" else 0.0
         self.client_optimizer = algorithms.client_optimizer(cfg)
@@ -193,11 +195,16 @@ class HybridEngine:
             with tf.device(self.device):
                 aggregate, unfinalized = train_mean(*arguments)
             aggregator_state, measurements = state.aggregator, collections.OrderedDict()  # TFF's mean reports none
+            norms = {}
         else:
             with tf.device(self.device):
                 updates, client_weights, unfinalized = train(*arguments)
             updates = [u.numpy() for u in updates]
             per_client = [[u[k] for u in updates] for k in range(len(cohort))]
+            if cohort.update_scales is not None:  # the fault: a client sends its update scaled (corrupt_clients)
+                per_client = [[u * scale for u in update] for update, scale in zip(per_client, cohort.update_scales,
+                                                                                   strict=True)]
+            norms = client_updates.norm_measurements(per_client, client_updates.clip_target_quantile(self.cfg))
             output = self.aggregation.next(state.aggregator, per_client, list(client_weights.numpy()))
             aggregate = [tf.convert_to_tensor(u) for u in output.result]
             aggregator_state, measurements = output.state, output.measurements
@@ -216,6 +223,7 @@ class HybridEngine:
             client_work=collections.OrderedDict(train=self._finalize(unfinalized)),
             aggregator=measurements,
             finalizer=collections.OrderedDict(update_non_finite=int(rejected)),
+            client_updates=norms,
         )
         return new_state, metrics
 

@@ -28,7 +28,7 @@ from tasks import atomic, metrics_log, privacy, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
-from trainer import aggregators, algorithms, hybrid, lifecycle, models, recipe_results, reconstruction
+from trainer import aggregators, algorithms, client_updates, hybrid, lifecycle, models, recipe_results, reconstruction
 
 log = logging.getLogger("fedflow.trainer")
 
@@ -278,6 +278,9 @@ class RoundRunner:
         if engine == "hybrid" and exp.cfg.learning_process:
             raise Error(f"learning_process {exp.cfg.learning_process!r} runs on the 'tff' engine only (the hybrid "
                         "trains the built-in algorithms). Fix: engine='tff'.")
+        if engine != "hybrid" and exp.cfg.corrupt_clients:
+            raise Error(f"corrupt_clients={exp.cfg.corrupt_clients} corrupts client updates on the hybrid engine only. "
+                        f"Got engine={engine!r}. Fix: engine='hybrid' (or corrupt_clients=0).")
         self.exp, self.engine, self.clients, self.index, self.client_ids = exp, engine, clients, index, client_ids
         self.hybrid = (hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process, lock_step=lock_step)
                        if engine == "hybrid" else None)
@@ -290,7 +293,9 @@ class RoundRunner:
     def _cohort(self, round_num: int) -> hybrid.Cohort:
         examples = [client_examples(self.exp, self.clients[cid], self.index[cid], round_num)
                     for cid in self.sampled(round_num)]
-        return self.hybrid.prepare(examples, model_input_shape(self.exp.manifest))
+        cohort = self.hybrid.prepare(examples, model_input_shape(self.exp.manifest))
+        scales = client_updates.update_scales(self.exp.cfg, round_num, len(examples))
+        return cohort if scales is None else dataclasses.replace(cohort, update_scales=scales)
 
     def next(self, state, round_num: int, until_round: int):
         """Returns (state, metrics) after ``round_num``."""
@@ -367,6 +372,8 @@ def _rounds(exp: Experiment, runner: RoundRunner, state, start_round: int, until
             state, metrics = runner.next(state, round_num, until_round)
             if sampled:
                 row.update(round_metrics(metrics))
+                row.update(metrics.get("client_updates") or {})  # the hybrid's update norms (not a TFF metric)
+                row.update(client_updates.clipped_fractions(row, len(sampled)))
         if not sampled:  # Poisson sampling drew nobody
             log.warning("Round %d sampled no clients%s", round_num, "" if plan else "; the model is unchanged")
         row.update(

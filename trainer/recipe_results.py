@@ -173,10 +173,18 @@ def reconstruction(exp) -> dict[str, float]:
     return fed_recon.measure(exp)
 
 
+def recommended_aggregators(exp) -> dict[str, float]:
+    """Recommended aggregators: clip tracking and the corrupted-client re-run (trainer/recommended_aggregators.py)."""
+    from trainer import recommended_aggregators as measurements  # noqa: PLC0415 - it imports program
+
+    return measurements.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
-                                     "reconstruction": reconstruction}
+                                     "reconstruction": reconstruction,
+                                     "recommended_aggregators": recommended_aggregators}
 
 
 def measure(exp) -> dict[str, float] | None:

@@ -219,3 +219,15 @@ def test_the_engine_is_tff_or_hybrid_and_the_hybrid_refuses_an_algorithm_it_does
     with pytest.raises(ConfigError, match="runs on the 'tff' engine only.*Fix: engine='tff'"):
         ExperimentConfig(engine="hybrid", algorithm="fedprox")
     assert ExperimentConfig(engine="hybrid").engine == "hybrid"
+
+
+def test_a_corrupted_client_fault_is_off_by_default_and_runs_on_the_hybrid_engine_only():
+    cfg = ExperimentConfig()
+    assert cfg.corrupt_clients == 0 and cfg.corrupt_update_scale == 1e4
+    assert ExperimentConfig(engine="hybrid", corrupt_clients=1).corrupt_clients == 1
+    with pytest.raises(ConfigError, match=r"Got engine='tff', corrupt_clients=1\. Fix: engine='hybrid'"):
+        ExperimentConfig(corrupt_clients=1)
+    with pytest.raises(ConfigError, match=r"corrupt_clients must be <= clients_per_round \(10\)\. Got 11"):
+        ExperimentConfig(engine="hybrid", corrupt_clients=11)
+    with pytest.raises(ConfigError, match=r"corrupt_update_scale must be > 0 .*Got 0\.0"):
+        ExperimentConfig(engine="hybrid", corrupt_clients=1, corrupt_update_scale=0)
