@@ -147,7 +147,7 @@ def noise_for_epsilon(*, target_epsilon: float, sampling_rate: float, rounds: in
     low, high = 0.0, 1.0
     while epsilon(high) > target_epsilon:
         low, high = high, min(2 * high, max_noise)
-    while high - low > 1e-5:
+    while high - low > 5e-5:  # the result is rounded up to 1e-4
         mid = (low + high) / 2
         low, high = (low, mid) if epsilon(mid) <= target_epsilon else (mid, high)
     return math.ceil(high * 1e4) / 1e4

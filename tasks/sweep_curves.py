@@ -20,12 +20,15 @@ PANELS = (("train_loss", "train loss"), ("test_accuracy", "test accuracy"))
 
 def point_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """Each panel's (round, value) pairs from one run's metrics rows (finite values only)."""
-    return {key: [(int(r["round"]), float(r[key])) for r in rows
-                  if r.get(key) is not None and math.isfinite(float(r[key]))] for key, _ in PANELS}
+    return {
+        key: [(int(r["round"]), float(r[key])) for r in rows if r.get(key) is not None and math.isfinite(float(r[key]))]
+        for key, _ in PANELS
+    }
 
 
-def render_round_curves(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], *, dag_id: str,
-                        out_dir: Path, title: str) -> list[Path]:
+def render_round_curves(
+    points: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], *, dag_id: str, out_dir: Path, title: str
+) -> list[Path]:
     """``curves_by_round.png`` over the succeeded points (``rows``: the comparison's rows, by point order);
     nothing when no succeeded point has a metric row. Returns the paths written."""
     succeeded = {r["point"] for r in rows if r["status"] == "succeeded"}
@@ -46,8 +49,12 @@ def render_round_curves(points: Sequence[Mapping[str, Any]], rows: Sequence[Mapp
     for ax, (key, label) in zip(axes, PANELS, strict=True):
         for i, (name, series) in enumerate(curves.items()):
             if series[key]:
-                ax.plot(*zip(*series[key], strict=True), marker="." if key == "train_loss" else "o",
-                        color=f"C{i % 10}", label=name)
+                ax.plot(
+                    *zip(*series[key], strict=True),
+                    marker="." if key == "train_loss" else "o",
+                    color=f"C{i % 10}",
+                    label=name,
+                )
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

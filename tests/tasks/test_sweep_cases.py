@@ -5,11 +5,13 @@ sweep (the swept fields with their defaults, the per-round curves)."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 
-from tasks import atomic, metrics_log, recipes, reference, steps, sweep, tracking
+from tasks import atomic, metrics_log, privacy, recipes, reference, steps, sweep, tracking
+from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
 
 BASE = """
@@ -42,7 +44,8 @@ def test_cases_alone_are_the_points_in_file_order_labelled_by_what_each_sets(tmp
     assert [p["label"] for p in points] == [
         "algorithm=fedavg, server_learning_rate=1.0",
         "algorithm=fedavg, server_learning_rate=0.05, server_momentum=0.9",
-        "algorithm=fedadam, server_learning_rate=0.01"]
+        "algorithm=fedadam, server_learning_rate=0.01",
+    ]
     # every point lists every swept field; one a case leaves out runs at the config's default
     assert points[2]["grid"] == {"algorithm": "fedadam", "server_learning_rate": 0.01, "server_momentum": 0.0}
     assert "server_momentum" not in points[2]["params"] and points[2]["params"]["rounds"] == 2
@@ -52,8 +55,10 @@ def test_cases_with_a_grid_cross_every_case_with_every_grid_point_cases_outer(tm
     spec = sweep.load(write(tmp_path, BASE + CASES + "grid:\n  seed: [0, 1]\n"))
     assert spec.swept_fields == ["algorithm", "server_learning_rate", "server_momentum", "seed"]
     assert [p["label"] for p in spec.points()[:3]] == [
-        "algorithm=fedavg, server_learning_rate=1.0, seed=0", "algorithm=fedavg, server_learning_rate=1.0, seed=1",
-        "algorithm=fedavg, server_learning_rate=0.05, server_momentum=0.9, seed=0"]
+        "algorithm=fedavg, server_learning_rate=1.0, seed=0",
+        "algorithm=fedavg, server_learning_rate=1.0, seed=1",
+        "algorithm=fedavg, server_learning_rate=0.05, server_momentum=0.9, seed=0",
+    ]
     assert len(spec.points()) == 6
 
 
@@ -71,11 +76,29 @@ def test_cases_with_a_grid_cross_every_case_with_every_grid_point_cases_outer(tm
         ("cases: [{rounds: 3}]\n", "['rounds'] set in both base and cases"),
         ("cases: [{seed: 1}]\ngrid: {seed: [2, 3]}\n", "['seed'] set in both grid and cases"),
         ("cases: [{experiment_name: other}]\n", "experiment_name cannot vary"),
-        ("cases: [" + ", ".join(f"{{seed: {i}}}" for i in range(20)) + "]\ngrid: {local_epochs: "
-         + str(list(range(1, 15))) + "}\n", "20 cases x the grid's points = 280 points, more than 256"),
+        (
+            "cases: ["
+            + ", ".join(f"{{seed: {i}}}" for i in range(20))
+            + "]\ngrid: {local_epochs: "
+            + str(list(range(1, 15)))
+            + "}\n",
+            "20 cases x the grid's points = 280 points, more than 256",
+        ),
     ],
-    ids=["neither", "mapping", "empty", "scalar-case", "empty-case", "typo", "list-value", "duplicate",
-         "base-clash", "grid-clash", "experiment", "too-big"],
+    ids=[
+        "neither",
+        "mapping",
+        "empty",
+        "scalar-case",
+        "empty-case",
+        "typo",
+        "list-value",
+        "duplicate",
+        "base-clash",
+        "grid-clash",
+        "experiment",
+        "too-big",
+    ],
 )
 def test_malformed_cases_are_refused_with_the_problem(tmp_path, extra, expected):
     path = write(tmp_path, BASE + extra)
@@ -89,8 +112,10 @@ def test_an_invalid_case_is_named_with_the_file_the_point_and_the_field(tmp_path
     with pytest.raises(sweep.SweepFileError) as e:
         sweep.load(path)
     assert "1 of 2 grid points are invalid" in str(e.value)
-    assert "grid point p01 (algorithm=fedyogi, server_momentum=0.9): server_momentum applies to the server's SGD" \
-           in str(e.value)
+    assert (
+        "grid point p01 (algorithm=fedyogi, server_momentum=0.9): server_momentum applies to the server's SGD"
+        in str(e.value)
+    )
 
 
 def test_overrides_cannot_change_a_case_field(tmp_path):
@@ -101,8 +126,10 @@ def test_overrides_cannot_change_a_case_field(tmp_path):
 def test_the_optimizers_recipe_is_a_cases_sweep_whose_checks_address_its_points():
     recipe = recipes.load("optimizers")
     assert recipe.is_sweep and not recipe.grid
-    assert recipes.trigger("optimizers", "tiny") == ("sweep_recipe_optimizers", {"recipe_variant": "tiny",
-                                                                                 "overrides": {}})
+    assert recipes.trigger("optimizers", "tiny") == (
+        "sweep_recipe_optimizers",
+        {"recipe_variant": "tiny", "overrides": {}},
+    )
     points = sweep.from_recipe(recipe, "tiny").points()
     assert [p["params"]["algorithm"] for p in points] == ["fedavg", "fedavg", "fedadam", "fedyogi", "fedadagrad"]
     assert points[1]["params"]["server_momentum"] == 0.9 and points[1]["params"]["rounds"] == 2
@@ -113,8 +140,9 @@ def test_the_optimizers_recipe_is_a_cases_sweep_whose_checks_address_its_points(
 
 def test_a_recipe_check_naming_a_point_the_cases_do_not_have_is_refused(tmp_path, monkeypatch):
     text = (recipes.recipes_dir() / "optimizers.yaml").read_text()
-    (tmp_path / "optimizers.yaml").write_text(text.replace("point[algorithm=fedavg, server_learning_rate=1.0]",
-                                                           "point[algorithm=fedsgd]", 1))
+    (tmp_path / "optimizers.yaml").write_text(
+        text.replace("point[algorithm=fedavg, server_learning_rate=1.0]", "point[algorithm=fedsgd]", 1)
+    )
     monkeypatch.setenv("FEDFLOW_RECIPES_DIR", str(tmp_path))
     with pytest.raises(recipes.RecipeError, match=r"must be point\[<label>\]"):
         recipes.load("optimizers")
@@ -130,10 +158,16 @@ def test_a_recipe_field_both_in_cases_and_in_its_settings_is_refused(tmp_path, m
 
 # -- the comparison of a cases sweep ----------------------------------------------------------------------
 
+
+@pytest.fixture(scope="module")
+def mlruns(tmp_path_factory):
+    return tmp_path_factory.mktemp("mlruns")  # one sqlite store per module: creating its schema is the slow part
+
+
 @pytest.fixture
-def store(monkeypatch, tmp_path):
+def store(monkeypatch, mlruns, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("FEDFLOW_MLRUNS_DIR", str(tmp_path / "mlruns"))
+    monkeypatch.setenv("FEDFLOW_MLRUNS_DIR", str(mlruns))
     monkeypatch.setenv("FEDFLOW_DATA_DIR", str(tmp_path / "data"))
     return tracking.client()
 
@@ -145,16 +179,29 @@ def finish(point: dict, losses: list[float], accuracy: float) -> None:
     handle = steps.resolve(point["params"], dag_id=point["dag_id"], run_id=point["run_id"], tags=tags)
     run = RunPaths(Path(handle["run_dir"]))
     for i, loss in enumerate(losses, start=1):
-        metrics_log.append_row(run.metrics, {"round": i, "train_loss": loss, "bits_per_parameter": 32.0,
-                                             **({"test_accuracy": accuracy} if i == len(losses) else {})})
+        metrics_log.append_row(
+            run.metrics,
+            {
+                "round": i,
+                "train_loss": loss,
+                "bits_per_parameter": 32.0,
+                **({"test_accuracy": accuracy} if i == len(losses) else {}),
+            },
+        )
     atomic.write_json(run.final, {"round": len(losses), "test_accuracy": accuracy, "test_loss": losses[-1]})
     name = point["params"]["registered_model_name"]
     if not c.search_registered_models(f"name = '{name}'"):
         c.create_registered_model(name)
     version = c.create_model_version(name, source=str(run.root), run_id=handle["mlflow_run_id"]).version
-    atomic.write_json(Path(point["sweep_dir"]) / "points" / f"p{point['index']:02d}.json",
-                      {"status": "succeeded", "registered_model_name": name, "version": version,
-                       "mlflow_run_id": handle["mlflow_run_id"]})
+    atomic.write_json(
+        Path(point["sweep_dir"]) / "points" / f"p{point['index']:02d}.json",
+        {
+            "status": "succeeded",
+            "registered_model_name": name,
+            "version": version,
+            "mlflow_run_id": handle["mlflow_run_id"],
+        },
+    )
 
 
 def test_the_comparison_of_a_cases_sweep_lists_every_swept_field_and_plots_curves_by_round(tmp_path, store):
@@ -166,9 +213,36 @@ def test_the_comparison_of_a_cases_sweep_lists_every_swept_field_and_plots_curve
     out = Path(points[0]["sweep_dir"]) / "comparison"
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [(r["algorithm"], r["server_learning_rate"], r["server_momentum"]) for r in rows] == [
-        ("fedavg", "1.0", "0.0"), ("fedavg", "0.05", "0.9"), ("fedadam", "0.01", "0.0")]
+        ("fedavg", "1.0", "0.0"),
+        ("fedavg", "0.05", "0.9"),
+        ("fedadam", "0.01", "0.0"),
+    ]
     assert (out / "curves_by_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parent = store.get_run(points[0]["parent_run_id"])
-    assert "comparison/curves_by_round.png" in {a.path for a in store.list_artifacts(parent.info.run_id,
-                                                                                     "comparison")}
+    assert "comparison/curves_by_round.png" in {a.path for a in store.list_artifacts(parent.info.run_id, "comparison")}
     assert parent.data.params["cases"].startswith('[{"algorithm": "fedavg", "server_learning_rate": 1.0}')
+
+
+# -- calibration at resolve (tasks/privacy.py; here for this module's MLflow store) -----------------------
+
+
+def test_resolve_freezes_the_calibrated_noise_and_tags_the_run_with_it(store):
+    params = {
+        "num_clients": 100,
+        "clients_per_round": 15,
+        "client_sampling": "poisson",
+        "aggregator": "dp",
+        "rounds": 50,
+        "rounds_per_chunk": 50,
+        "dp_epsilon_budget": 0,
+        "dp_target_epsilon": 4.0,
+        "experiment_name": "calibration",
+    }
+    handle = steps.resolve(params, dag_id="federated_training", run_id="manual__calibrated")
+    frozen = json.loads(RunPaths.for_run("federated_training", "manual__calibrated").config.read_text())
+    expected = privacy.calibrated(ExperimentConfig(**params)).noise_multiplier
+    assert frozen["noise_multiplier"] == expected and frozen["dp_target_epsilon"] == 4.0
+    run = store.get_run(handle["mlflow_run_id"])
+    assert run.data.params["noise_multiplier"] == str(expected)
+    assert run.data.tags["fedflow.dp_calibrated_noise_multiplier"] == f"{expected:g}"
+    assert float(run.data.tags["fedflow.dp_planned_epsilon"]) <= 4.0
