@@ -246,3 +246,20 @@ def test_resolve_freezes_the_calibrated_noise_and_tags_the_run_with_it(store):
     assert run.data.params["noise_multiplier"] == str(expected)
     assert run.data.tags["fedflow.dp_calibrated_noise_multiplier"] == f"{expected:g}"
     assert float(run.data.tags["fedflow.dp_planned_epsilon"]) <= 4.0
+
+
+def test_a_check_can_address_the_first_round_that_has_a_value(tmp_path):
+    run = RunPaths(tmp_path / "run")
+    run.root.mkdir()
+    for row in ({"round": 1, "bits_sent": 3}, {"round": 2, "train_loss": 2.0}, {"round": 3, "train_loss": 1.5}):
+        metrics_log.append_row(run.metrics, row)
+    values = reference.RunValues(run)
+    assert values.get("first.train_loss") == 2.0 and values.get("last.train_loss") == 1.5
+    check = {
+        "name": "loss_fell",
+        "claim": "c",
+        "kind": "greater",
+        "value": "first.train_loss",
+        "other": "last.train_loss",
+    }
+    assert reference.evaluate([check], values)[0]["result"] == "pass"
