@@ -55,6 +55,9 @@ def render_round_curves(
                     color=f"C{i % 10}",
                     label=name,
                 )
+        values = [v for series in curves.values() for _, v in series[key]]
+        if values and min(values) > 0 and max(values) / min(values) > 20:  # a diverging point (e.g. large DP noise)
+            ax.set_yscale("log")
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
