@@ -63,6 +63,7 @@ def _doc(path: Path, spec: sweep.Sweep | None, problem: str | None) -> str:
     if spec is None:
         return f"{__doc__}\n#### This sweep file is invalid\n`{path}`\n\n```\n{problem}\n```\n"
     grid = "\n".join(f"| `{k}` | {', '.join(map(str, v))} |" for k, v in spec.grid.items())
+    grid += "".join(f"\n| case {i} | {sweep.point_label(c)} |" for i, c in enumerate(spec.cases))
     base = ", ".join(f"`{k}={v}`" for k, v in spec.base.items()) or "(defaults)"
     return (f"{__doc__}\n#### This sweep: {spec.name}\n{spec.description}\n\nFile `{path.name}`, schedule "
             f"`{spec.schedule}`, {len(spec.points())} points.\n\nBase: {base}\n\n| grid field | values |\n"

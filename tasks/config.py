@@ -218,6 +218,11 @@ class ExperimentConfig:
         0.01, section="Algorithm", title="FedProx mu", minimum=0, maximum=100,
         description="Strength of FedProx's proximal term (algorithm 'fedprox' only).",
     )
+    server_momentum: float = _field(
+        0.0, section="Algorithm", title="Server momentum", minimum=0, maximum=0.999,
+        description="Momentum of the server's SGD (tff.learning.optimizers.build_sgdm; 0 = plain SGD, 0.9 as in "
+        "TFF's DP tutorial). SGD algorithms only: fedadam / fedyogi / fedadagrad keep their own moments.",
+    )
     server_epsilon: float = _field(
         0.001, section="Algorithm", title="Server optimizer epsilon", exclusiveMinimum=0, maximum=1,
         description="Adaptivity (tau) of fedadam / fedyogi / fedadagrad; 1e-3 as in Reddi et al. 2021.",
@@ -284,6 +289,11 @@ class ExperimentConfig:
     dp_delta: float = _field(
         0.0, section="Privacy", title="DP delta", minimum=0, maximum=0.5,
         description="δ of the reported (ε, δ); 0 means 1 / num_clients^1.1.",
+    )
+    dp_target_epsilon: float = _field(
+        0.0, section="Privacy", title="DP target epsilon", minimum=0, maximum=1000,
+        description="Calibration (aggregator 'dp'): the noise multiplier is computed at resolve for this ε at the "
+        "run's sampling rate, rounds and δ (RDP), replacing noise_multiplier (0: off, use noise_multiplier).",
     )
     dp_epsilon_budget: float = _field(
         10.0, section="Privacy", title="DP epsilon budget", minimum=0, maximum=1000000,
@@ -384,6 +394,7 @@ class ExperimentConfig:
         self._check_learning_process()
         if self.corrupt_clients:
             self._check_corruption()
+        self._check_optimizer_and_calibration()
         if self.engine == "hybrid" and self.algorithm not in HYBRID_ALGORITHMS:
             raise ConfigError(
                 f"algorithm {self.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "
@@ -437,6 +448,19 @@ class ExperimentConfig:
             raise ConfigError(
                 f"corrupt_clients must be <= clients_per_round ({self.clients_per_round}). Got "
                 f"{self.corrupt_clients}. Fix: lower corrupt_clients."
+            )
+
+    def _check_optimizer_and_calibration(self) -> None:
+        if self.server_momentum > 0 and self.algorithm in ("fedadam", "fedyogi", "fedadagrad"):
+            raise ConfigError(
+                f"server_momentum applies to the server's SGD; {self.algorithm} is an adaptive optimizer with its "
+                f"own moment estimates. Got server_momentum={self.server_momentum}. Fix: server_momentum=0, or an "
+                "SGD algorithm (fedavg, fedavg_unweighted, fedsgd, fedprox)."
+            )
+        if self.dp_target_epsilon > 0 and self.aggregator != "dp":
+            raise ConfigError(
+                f"dp_target_epsilon calibrates the DP aggregator's noise. Got aggregator={self.aggregator!r}. "
+                "Fix: aggregator='dp', or dp_target_epsilon=0."
             )
 
     def _check_data(self) -> None:

@@ -27,6 +27,14 @@ class PrivacyBudgetError(ConfigError):
     """The planned run would spend more privacy budget than configured."""
 
 
+class CalibrationError(ConfigError):
+    """No noise multiplier within bounds reaches the target ε (``dp_target_epsilon``)."""
+
+
+# The largest noise multiplier calibration tries (the config's own bound on noise_multiplier).
+MAX_CALIBRATED_NOISE = 1000.0
+
+
 def dp_event(noise_multiplier: float, sampling_rate: float, rounds: int) -> dp_accounting.DpEvent:
     step = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     return dp_accounting.SelfComposedDpEvent(step, rounds)
@@ -115,3 +123,53 @@ def _min_noise_within(plan: PrivacyPlan, budget: float) -> float:
         mid = (low + high) / 2
         low, high = (low, mid) if dataclasses.replace(plan, noise_multiplier=mid).epsilon() <= budget else (mid, high)
     return high
+
+
+def noise_for_epsilon(*, target_epsilon: float, sampling_rate: float, rounds: int, delta: float,
+                      max_noise: float = MAX_CALIBRATED_NOISE) -> float:
+    """The smallest noise multiplier (rounded up to 1e-4) whose ε after ``rounds`` Poisson-sampled rounds at
+    rate ``sampling_rate`` is <= ``target_epsilon`` at ``delta`` (RDP): bisection on the accountant, as the
+    TFF DP tutorial's calibration searches its accountant. ε falls as the noise grows.
+
+    Raises CalibrationError when even ``max_noise`` spends more than the target.
+    """
+    if target_epsilon <= 0:
+        raise CalibrationError(f"dp_target_epsilon must be > 0 to calibrate. Got {target_epsilon}.")
+
+    def epsilon(z: float) -> float:
+        return epsilon_after_rounds(noise_multiplier=z, sampling_rate=sampling_rate, rounds=rounds, delta=delta)
+
+    if epsilon(max_noise) > target_epsilon:
+        raise CalibrationError(
+            f"dp_target_epsilon: no noise multiplier up to {max_noise:g} reaches ε={target_epsilon} at δ={delta:.3g} "
+            f"with q={sampling_rate:.4g} over {rounds} rounds (ε={epsilon(max_noise):.3g} at {max_noise:g}). "
+            "Fix: a larger dp_target_epsilon, fewer rounds, or fewer clients_per_round.")
+    low, high = 0.0, 1.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, min(2 * high, max_noise)
+    while high - low > 5e-5:  # the result is rounded up to 1e-4
+        mid = (low + high) / 2
+        low, high = (low, mid) if epsilon(mid) <= target_epsilon else (mid, high)
+    return math.ceil(high * 1e4) / 1e4
+
+
+def calibrated(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``noise_multiplier`` computed for ``dp_target_epsilon`` at the run's sampling rate,
+    rounds and δ (:func:`noise_for_epsilon`); ``cfg`` itself when calibration is off (target 0).
+
+    Raises CalibrationError when no noise within bounds reaches the target, or when the noise it needs is
+    more than adaptive clipping allows with this many clients per round.
+    """
+    if cfg.dp_target_epsilon <= 0:
+        return cfg
+    plan = PrivacyPlan.of(cfg)
+    noise = noise_for_epsilon(target_epsilon=cfg.dp_target_epsilon, sampling_rate=plan.sampling_rate,
+                              rounds=cfg.rounds, delta=plan.delta)
+    try:
+        return dataclasses.replace(cfg, noise_multiplier=noise)
+    except ConfigError as e:
+        raise CalibrationError(
+            f"dp_target_epsilon={cfg.dp_target_epsilon} needs noise_multiplier={noise:g} at q="
+            f"{plan.sampling_rate:.4g}, {cfg.rounds} rounds, δ={plan.delta:.3g}, which this run cannot use: {e} "
+            "(The TFF tutorial raises clients per round with the noise, which keeps the noise on the average "
+            "update constant.)") from e

@@ -41,7 +41,7 @@ from tasks.config import RECIPE_VARIANTS, ConfigError, ExperimentConfig
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 NO_RECIPE = "none"  # the config's default: no recipe
 _KEYS = ("tutorial", "title", "description", "data", "differences", "config", "variants", "checks", "grid",
-         "schedule")
+         "schedule", "cases")
 _REQUIRED = ("tutorial", "title", "description", "data", "config", "checks")
 _FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
 _RECIPE_FIELDS = ("recipe", "recipe_variant")
@@ -70,10 +70,12 @@ class Recipe:
     # A sweep recipe (the tutorial compares settings): field -> values, run by the DAG sweep_recipe_<name>.
     grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     schedule: str | None = None
+    # Points given whole (tasks/sweep.py): each a mapping of fields, crossed with the grid when both are set.
+    cases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def is_sweep(self) -> bool:
-        return bool(self.grid)
+        return bool(self.grid or self.cases)
 
     def settings(self, variant: str = "default") -> dict[str, Any]:
         """The recipe's config fields for ``variant`` (the config, then the variant's overrides)."""
@@ -124,12 +126,13 @@ def load(name: str) -> Recipe:
                     description=str(raw["description"]).strip(), data=str(raw["data"]).strip(),
                     differences=str(raw.get("differences", "")).strip(), config=dict(raw["config"] or {}),
                     variants={k: dict(v or {}) for k, v in variants.items()}, checks=list(checks),
-                    grid=dict(raw.get("grid") or {}), schedule=raw.get("schedule"))
+                    grid=dict(raw.get("grid") or {}), schedule=raw.get("schedule"), cases=_cases(path, raw))
     if recipe.is_sweep:
         from tasks import sweep  # noqa: PLC0415 - sweep imports this module
 
         for variant in RECIPE_VARIANTS:
-            clash = sorted(set(recipe.grid) & set(recipe.settings(variant)))
+            swept = set(recipe.grid) | {name for case in recipe.cases for name in case}
+            clash = sorted(swept & set(recipe.settings(variant)))
             if clash:
                 raise RecipeError(f"{path} ({variant}): {clash} are in both the grid and the settings. Fix: keep "
                                   "each field in one of them.")
@@ -151,6 +154,14 @@ def load(name: str) -> Recipe:
 
     reference.validate_checks(recipe)
     return recipe
+
+
+def _cases(path: Path, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    cases = raw.get("cases") or []
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise RecipeError(f"{path}: cases must be a list of mappings of experiment fields. Got {cases!r}. "
+                          "Fix: e.g. cases: [{algorithm: fedadam, server_learning_rate: 0.01}].")
+    return [dict(c) for c in cases]
 
 
 def apply(params: Mapping[str, Any]) -> dict[str, Any]:

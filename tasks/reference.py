@@ -9,7 +9,7 @@ A recipe's ``checks`` (recipes/<name>.yaml) name values of the finished run and 
       value: rows.train_loss
 
 Values are addressed as ``rows.<key>`` (the per-round series of ``metrics.jsonl``), ``last.<key>`` (the
-newest round that has the key), ``final.<key>`` (``final.json``: the exported model on the test split) or
+newest round that has the key), ``first.<key>`` (the oldest), ``final.<key>`` (``final.json``: the exported model on the test split) or
 ``results.<key>`` (``recipe_results.json``: what the trainer measured for the recipe, e.g. a baseline).
 Rules: ``decreasing`` (every round below the one before), ``at_least``/``at_most`` (``threshold``),
 ``greater`` (above ``other``, another value), ``within`` (``|value - other| <= tolerance``) and
@@ -42,7 +42,7 @@ KINDS = {
     "within": ("other", "tolerance"),
     "equals": ("expected",),
 }
-SOURCES = ("rows", "last", "final", "results")
+SOURCES = ("rows", "last", "final", "results", "first")
 # A sweep recipe's checks address a grid point's run: ``point[<label>].<source>.<key>``, the label as the
 # comparison table writes it (e.g. ``point[aggregator=compression].final.test_accuracy``).
 _POINT = re.compile(r"point\[(?P<label>[^\]]+)\]\.(?P<address>.+)")
@@ -104,6 +104,8 @@ class RunValues:
             return [r[key] for r in self.rows if key in r]
         if source == "last":
             return next((r[key] for r in reversed(self.rows) if key in r), None)
+        if source == "first":
+            return next((r[key] for r in self.rows if key in r), None)
         return (self.final if source == "final" else self.results).get(key)
 
 

@@ -56,6 +56,7 @@ def resolve(
     cfg = ExperimentConfig.from_mapping(params)
     if training:
         cfg.check_trainable()
+        cfg = privacy.calibrated(cfg)  # dp_target_epsilon: the noise for that ε, frozen with the config
     planned = privacy.check_budget(cfg) if training else None  # before anything is written or trained
     run = RunPaths.for_run(dag_id, run_id)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,10 @@ def resolve(
     if planned is not None:
         tracking.set_tags(run, {"fedflow.dp_planned_epsilon": f"{planned['epsilon']:.6g}",
                                 "fedflow.dp_delta": f"{planned['delta']:.6g}"})
+    if training and cfg.dp_target_epsilon > 0:
+        tracking.set_tags(run, {"fedflow.dp_calibrated_noise_multiplier": f"{cfg.noise_multiplier:g}"})
+        log.info("Calibrated noise_multiplier=%g for dp_target_epsilon=%g", cfg.noise_multiplier,
+                 cfg.dp_target_epsilon)
     tracking.log_artifact(run, run.config)
     log.info("Run %s: %d rounds in %d chunk(s); run directory %s", run_id, cfg.rounds, cfg.num_chunks, run.root)
     return {"run_dir": str(run.root), "mlflow_run_id": mlflow_run}

@@ -11,6 +11,13 @@ A sweep file ``sweeps/<name>.yaml`` (the DAG ``sweep_<name>`` runs it)::
     grid:                       # field -> values; the points are the cross product, in file order
       noise_multiplier: [0.3, 0.6]
       compression_bits: [8, 4]
+    cases:                      # optional: a list of points given whole (settings that go together)
+      - {algorithm: fedavg, server_learning_rate: 1.0}
+      - {algorithm: fedadam, server_learning_rate: 0.01}
+
+``grid`` and ``cases`` may each stand alone; together, every case is crossed with every grid point (cases
+outer, grid inner). A field lives in one of base, grid and cases; a case that leaves out a field another
+case sets runs with the config's default for it.
 
 Every point's config is validated when the file is loaded, so one bad value fails the whole sweep
 before anything trains, naming the file, the point and the field. Each point then runs as its own
@@ -28,6 +35,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -39,6 +47,7 @@ import yaml
 from tasks import atomic, paths
 from tasks.config import ConfigError, ExperimentConfig
 from tasks.paths import RunPaths
+from tasks.sweep_curves import render_round_curves
 from tasks.sweep_report import RESULT_COLUMNS, point_label, render_plots, write_tables
 
 CHAMPION_ALIAS = "champion"
@@ -46,7 +55,8 @@ MAX_POINTS = 256  # Airflow maps at most 1024 task instances per task by default
 # Airflow's schedule presets (a cron expression of 5 fields is the other accepted form).
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_FILE_KEYS = ("description", "schedule", "base", "grid")
+_FILE_KEYS = ("description", "schedule", "base", "grid", "cases")
+_SWEPT_KEYS = ("grid", "cases")  # a sweep file needs at least one of them
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
 # The parent run and its children must share one experiment for MLflow to nest them.
 _NOT_IN_GRID = ("experiment_name",)
@@ -75,18 +85,30 @@ class Sweep:
     schedule: str | None
     base: dict[str, Any]
     grid: dict[str, list[Any]]
+    cases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def dag_id(self) -> str:
         return f"sweep_{self.name}"
 
+    @property
+    def swept_fields(self) -> list[str]:
+        """The fields the points vary: the cases' (in order of first appearance), then the grid's."""
+        fields = [name for case in self.cases for name in case]
+        return list(dict.fromkeys([*fields, *self.grid]))
+
     def points(self) -> list[dict[str, Any]]:
-        """Every grid point in file order: ``index``, ``label``, ``grid`` (its grid values), ``params``."""
+        """Every point in file order (each case, crossed with each grid point): ``index``, ``label`` (the
+        values the case and grid set), ``grid`` (every swept field's value: a case's omissions at the
+        config's default), ``params``."""
         names = list(self.grid)
+        defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
         points = []
-        for index, values in enumerate(itertools.product(*self.grid.values())):
-            chosen = dict(zip(names, values, strict=True))
-            points.append({"index": index, "label": point_label(chosen), "grid": chosen,
+        for index, (case, values) in enumerate(itertools.product(self.cases or [{}],
+                                                                 itertools.product(*self.grid.values()))):
+            chosen = {**case, **dict(zip(names, values, strict=True))}
+            swept = {name: chosen.get(name, defaults[name]) for name in self.swept_fields}
+            points.append({"index": index, "label": point_label(chosen), "grid": swept,
                            "params": {**self.base, **chosen}})
         return points
 
@@ -112,7 +134,7 @@ def recipe_sweep_files() -> list[Path]:
             doc = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(doc, dict) and doc.get("grid"):
+        if isinstance(doc, dict) and (doc.get("grid") or doc.get("cases")):
             found.append(path)
     return found
 
@@ -142,7 +164,9 @@ def load(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Sweep:
                              f"{_NAME.pattern}. Got {path.stem!r}. Fix: rename the file, e.g. nightly_dp.yaml.")
     if not isinstance(doc, dict):
         raise SweepFileError(f"{path}: expected a mapping with keys {list(_FILE_KEYS)}. Got {type(doc).__name__}.")
-    missing = [k for k in _FILE_KEYS if k not in doc]
+    missing = [k for k in _FILE_KEYS if k not in doc and k not in _SWEPT_KEYS]
+    if not any(k in doc for k in _SWEPT_KEYS):
+        missing.append("grid or cases")
     unknown = sorted(set(doc) - set(_FILE_KEYS), key=str)
     if missing or unknown:
         raise SweepFileError(f"{path}: expected the keys {list(_FILE_KEYS)}. Got missing {missing}, unknown "
@@ -152,10 +176,10 @@ def load(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Sweep:
         raise SweepFileError(f"{path}: description must be a non-empty string. Got {description!r}.")
     _check_schedule(path, schedule)
     base = _mapping(path, "base", doc["base"] or {}, allow_empty=True)
-    grid = _check_grid(path, _mapping(path, "grid", doc["grid"]))
+    grid, cases = _check_swept(path, doc.get("grid"), doc.get("cases"))
     if overrides:
         _check_names(path, "overrides", overrides)
-        clash = sorted(set(overrides) & set(grid))
+        clash = sorted(set(overrides) & (set(grid) | _case_fields(cases)))
         if clash:
             raise SweepFileError(f"{path}: overrides may change base settings, not grid parameters. Got {clash}. "
                                  "Fix: edit the grid in the file, or limit the points with max_points.")
@@ -163,8 +187,11 @@ def load(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Sweep:
     clash = sorted(set(base) & set(grid))
     if clash:
         raise SweepFileError(f"{path}: {clash} set in both base and grid. Fix: keep each field in one of them.")
+    clash = sorted(set(base) & _case_fields(cases))
+    if clash:
+        raise SweepFileError(f"{path}: {clash} set in both base and cases. Fix: keep each field in one of them.")
     sweep = Sweep(name=path.stem, path=path, sha256=hashlib.sha256(raw).hexdigest(), description=description.strip(),
-                  schedule=schedule, base=base, grid=grid)
+                  schedule=schedule, base=base, grid=grid, cases=cases)
     _check_points(sweep)
     return sweep
 
@@ -174,17 +201,17 @@ def from_recipe(recipe, variant: str = "default", *, overrides: Mapping[str, Any
     recipe named, so each point's reference fields and MLflow tags say which recipe it belongs to), its
     grid, its schedule. The DAG is ``sweep_recipe_<name>``."""
     path = recipe.path
-    grid = _check_grid(path, _mapping(path, "grid", recipe.grid))
+    grid, cases = _check_swept(path, recipe.grid or None, getattr(recipe, "cases", None) or None)
     base = {**recipe.settings(variant), "recipe": recipe.name, "recipe_variant": variant}
     if overrides:
         _check_names(path, "overrides", overrides)
-        clash = sorted(set(overrides) & set(grid))
+        clash = sorted(set(overrides) & (set(grid) | _case_fields(cases)))
         if clash:
             raise SweepFileError(f"{path}: overrides may change base settings, not grid parameters. Got {clash}.")
         base = {**base, **overrides}
     _check_schedule(path, recipe.schedule)
     sweep = Sweep(name=f"recipe_{recipe.name}", path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                  description=recipe.description, schedule=recipe.schedule, base=base, grid=grid)
+                  description=recipe.description, schedule=recipe.schedule, base=base, grid=grid, cases=cases)
     _check_points(sweep)
     return sweep
 
@@ -231,6 +258,51 @@ def _check_grid(path: Path, grid: dict[str, Any]) -> dict[str, list[Any]]:
     return grid
 
 
+def _check_swept(path: Path, grid: Any, cases: Any) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The file's grid and cases, checked: at least one of them, each well formed, no field in both, and
+    at most MAX_POINTS points in all (cases x grid points)."""
+    if grid is None and cases is None:
+        raise SweepFileError(f"{path}: a sweep needs a grid (field -> values, crossed) or cases (a list of "
+                             "points), or both. Got neither. Fix: add grid: {noise_multiplier: [0.0, 0.5]}.")
+    grid = {} if grid is None else _check_grid(path, _mapping(path, "grid", grid))
+    cases = [] if cases is None else _check_cases(path, cases)
+    clash = sorted(set(grid) & _case_fields(cases))
+    if clash:
+        raise SweepFileError(f"{path}: {clash} set in both grid and cases. Fix: keep each field in one of them.")
+    size = max(len(cases), 1) * math.prod(len(v) for v in grid.values())
+    if size > MAX_POINTS:
+        raise SweepFileError(f"{path}: {len(cases)} cases x the grid's points = {size} points, more than "
+                             f"{MAX_POINTS}. Fix: fewer cases or grid values.")
+    return grid, cases
+
+
+def _check_cases(path: Path, cases: Any) -> list[dict[str, Any]]:
+    if not isinstance(cases, list) or not cases:
+        raise SweepFileError(f"{path}: cases must be a non-empty list of mappings of experiment fields, e.g. "
+                             f"[{{algorithm: fedadam, server_learning_rate: 0.01}}]. Got {cases!r}.")
+    seen = {}
+    for i, case in enumerate(cases):
+        where = f"cases[{i}]"
+        case = _mapping(path, where, case)
+        for name, value in case.items():
+            if name in _NOT_IN_GRID:
+                raise SweepFileError(f"{path}: {where}: {name} cannot vary (the points nest under one parent run in "
+                                     "one experiment). Fix: set it in base.")
+            if isinstance(value, (list, dict)) or value is None:
+                raise SweepFileError(f"{path}: {where}: {name} must be one value (a case is one point). Got "
+                                     f"{value!r}. Fix: one case per value, or move the field to grid.")
+        key = json.dumps(case, sort_keys=True)
+        if key in seen:
+            raise SweepFileError(f"{path}: {where} repeats cases[{seen[key]}] ({point_label(case)}). "
+                                 "Fix: remove one of them.")
+        seen[key] = i
+    return [dict(c) for c in cases]
+
+
+def _case_fields(cases: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {name for case in cases for name in case}
+
+
 def _check_points(sweep: Sweep) -> None:
     problems = []
     for point in sweep.points():
@@ -252,8 +324,8 @@ def check_privacy_budgets(sweep: Sweep, points: Sequence[Mapping[str, Any]]) -> 
     problems = []
     for point in points:
         try:
-            privacy.check_budget(ExperimentConfig.from_mapping(point["params"]))
-        except privacy.PrivacyBudgetError as e:
+            privacy.check_budget(privacy.calibrated(ExperimentConfig.from_mapping(point["params"])))
+        except (privacy.PrivacyBudgetError, privacy.CalibrationError) as e:
             problems.append(f"grid point p{point['index']:02d} ({point['label']}): {e}")
     if problems:
         raise SweepFileError(f"{sweep.path}: {len(problems)} grid point(s) would exceed their privacy budget:\n- "
@@ -289,7 +361,8 @@ def plan(path: Path, *, dag_id: str, run_id: str, max_points: int = 0,
     check_privacy_budgets(sweep, points)
     run = sweep_run(dag_id, run_id)
     record = {"sweep": sweep.name, "file": str(sweep.path), "sha256": sweep.sha256, "description": sweep.description,
-              "base": sweep.base, "grid": sweep.grid, "grid_fields": list(sweep.grid),  # JSON files sort keys
+              "base": sweep.base, "grid": sweep.grid, "cases": sweep.cases,
+              "grid_fields": sweep.swept_fields,  # JSON files sort keys
               "max_points": max_points, "dag_id": dag_id, "run_id": run_id,
               "points": [{**p, "run_id": f"{run_id}__p{p['index']:02d}"} for p in points]}
     plan_file = run.root / "sweep.json"
@@ -323,7 +396,8 @@ def _open_parent_run(sweep: Sweep, run: RunPaths, *, experiment: str, dag_id: st
             "airflow.dag_id": dag_id, "airflow.run_id": run_id, "fedflow.git_sha": tracking.git_sha()}
     created = c.create_run(tracking.experiment_id(c, experiment), tags=tags)
     rid = created.info.run_id
-    params = {**{k: str(v) for k, v in sweep.base.items()}, **{k: json.dumps(v) for k, v in sweep.grid.items()}}
+    params = {**{k: str(v) for k, v in sweep.base.items()}, **{k: json.dumps(v) for k, v in sweep.grid.items()},
+              **({"cases": json.dumps(sweep.cases)} if sweep.cases else {})}
     c.log_batch(rid, params=[Param(k, v) for k, v in sorted(params.items())])
     atomic.write_json(run.mlflow_run, {"run_id": rid, "experiment_id": created.info.experiment_id,
                                        "tracking_uri": paths.tracking_uri()})
@@ -397,6 +471,7 @@ def compare(*, dag_id: str, run_id: str) -> dict[str, Any]:
     out = run.root / "comparison"
     written = write_tables(rows, record["grid_fields"], out, champion=champion)
     written += render_plots(rows, record["grid_fields"], out, title=record["sweep"], champion=champion)
+    written += render_round_curves(record["points"], rows, dag_id=dag_id, out_dir=out, title=record["sweep"])
     for path in written:
         tracking.log_artifact(run, path, "comparison")
     failed = [r for r in rows if r["status"] != "succeeded"]
@@ -456,6 +531,8 @@ def point_result(point: Mapping[str, Any], sweep_dir: Path, *, dag_id: str) -> d
                registered_model_name=outcome["registered_model_name"], version=str(outcome["version"]))
     for metrics in metrics_log.read_rows(run.metrics):
         row.update({k: metrics[k] for k in RESULT_COLUMNS[2:] if k in metrics})
+        if "noise_multiplier" in metrics and "noise_multiplier" in point["grid"]:
+            row["noise_multiplier"] = metrics["noise_multiplier"]  # the noise used: dp_target_epsilon calibrates it
     return row
 
 

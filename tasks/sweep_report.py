@@ -16,7 +16,7 @@ RESULT_COLUMNS = ("final_test_accuracy", "final_test_loss", "epsilon", "epsilon_
                   "compression_ratio")
 # Grid fields that move a point along the x axis of a plot (so they do not split it into lines).
 _COMPRESSION_FIELDS = {"compress", "compression_bits", "compression_threshold"}
-_NOISE_FIELDS = {"noise_multiplier"}
+_NOISE_FIELDS = {"noise_multiplier", "dp_target_epsilon"}  # a calibrated point lies on the same ε axis
 
 
 def point_label(grid_values: Mapping[str, Any]) -> str:

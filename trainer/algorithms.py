@@ -37,7 +37,8 @@ def client_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer
 
 
 def server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer:
-    """The server step on the aggregated update: SGD, or Adam/Yogi/Adagrad (both engines)."""
+    """The server step on the aggregated update: SGD (with ``server_momentum``, 0 = none), or
+    Adam/Yogi/Adagrad (both engines; the config refuses momentum with these)."""
     adaptive = {
         "fedadam": tff.learning.optimizers.build_adam,
         "fedyogi": tff.learning.optimizers.build_yogi,
@@ -45,7 +46,8 @@ def server_optimizer(cfg: ExperimentConfig) -> tff.learning.optimizers.Optimizer
     }
     if cfg.algorithm in adaptive:
         return adaptive[cfg.algorithm](learning_rate=cfg.server_learning_rate, epsilon=cfg.server_epsilon)
-    return tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate)
+    return tff.learning.optimizers.build_sgdm(learning_rate=cfg.server_learning_rate,
+                                              momentum=cfg.server_momentum or None)
 
 
 def _local_training(cfg: ExperimentConfig, model_fn: Callable, weighted, unweighted, **extra) -> LearningProcess:

@@ -78,7 +78,7 @@ def test_point_runs_nest_under_the_parent_which_holds_the_comparison(sweep_run):
     assert parent.data.tags["fedflow.points_failed"] == "2"
     assert {a.path for a in c.list_artifacts(parent_id, "comparison")} == {
         f"comparison/{n}" for n in ("comparison.csv", "comparison.md", "comparison.html", "accuracy_vs_epsilon.png",
-                                    "accuracy_vs_bits.png")}
+                                    "accuracy_vs_bits.png", "curves_by_round.png")}
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     by_point = {r.data.tags["fedflow.sweep_point"]: r for r in children}
     assert sorted(by_point) == ["p00", "p01", "p02", "p03"]

@@ -226,7 +226,7 @@ def test_compare_tabulates_every_point_names_the_champion_and_fails_after_loggin
     assert parent.info.status == "FAILED"
     assert {a.path for a in store.list_artifacts(parent.info.run_id, "comparison")} == {
         f"comparison/{n}" for n in ("comparison.csv", "comparison.md", "comparison.html", "accuracy_vs_epsilon.png",
-                                    "accuracy_vs_bits.png")}
+                                    "accuracy_vs_bits.png", "curves_by_round.png")}
     tags = parent.data.tags
     assert tags["fedflow.champion_point"] == "p01"
     assert tags["fedflow.champion_params"] == "noise_multiplier=0.0, compression_bits=4"

@@ -80,6 +80,7 @@ def max_abs_difference(a, b) -> float:
 PARITY_CASES = {
     "fedavg": {},
     "fedavg_unweighted": {"algorithm": "fedavg_unweighted"},
+    "server_momentum": {"server_momentum": 0.9, "server_learning_rate": 0.5},
     "fedsgd": {"algorithm": "fedsgd"},
     "fedprox": {"algorithm": "fedprox", "proximal_strength": 0.5},
     "fedadam": {"algorithm": "fedadam", "server_learning_rate": 0.05},
