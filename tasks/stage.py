@@ -86,7 +86,7 @@ def open_source(cfg: ExperimentConfig) -> Source | None:
     if cfg.dataset == "shakespeare":
         from tasks.sources.shakespeare import ShakespeareSource
 
-        return ShakespeareSource()
+        return ShakespeareSource(plays=cfg.parsed_plays or None)
     if cfg.dataset == "movielens":
         from tasks.sources.movielens import MovieLensSource
 

@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks import atomic, shards
-from tasks.config import ExperimentConfig
+from tasks.config import TEXT_MODELS, ExperimentConfig
 from tasks.expectations import (
     DIGEST_KEY,
     RATINGS_COLUMNS,
@@ -363,6 +363,12 @@ def _check_clients_per_round(manifest: shards.Manifest, cfg: ExperimentConfig) -
 
 def _check_model(manifest: shards.Manifest, cfg: ExperimentConfig) -> Check:
     schema = manifest.schema
+    if cfg.model in TEXT_MODELS or schema.kind == "text":  # next-character prediction (trainer/text.py)
+        if cfg.model in TEXT_MODELS and schema.kind == "text":
+            return _passed("model compatibility", f"model {cfg.model!r} predicts the next character of {schema.x!r}")
+        return _failed("model compatibility", [f"model {cfg.model!r} cannot train {schema.kind} data: text trains "
+                                               f"the text models {list(TEXT_MODELS)} only, and they train on text "
+                                               "only. Fix: model='char_gru' on text, another model otherwise."])
     if schema.kind not in ("image", "vector") or schema.label is None:
         what = f"{schema.kind} data" + ("" if schema.kind in ("text", "ratings") else " without a label")
         return _failed("model compatibility", [
