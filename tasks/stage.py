@@ -314,6 +314,12 @@ def _min_total(cfg: ExperimentConfig) -> int:
     return n
 
 
+def min_client_size(cfg: ExperimentConfig) -> int:
+    """The examples a client of ``cfg``'s source needs to be drawn (its training part keeps
+    ``min_examples_per_client`` after a within_client split)."""
+    return _min_total(cfg)
+
+
 def _test_count(n: int, test_fraction: float) -> int:
     return min(n - 1, max(1, round(n * test_fraction))) if n >= 2 else 0
 
