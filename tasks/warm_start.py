@@ -96,19 +96,37 @@ def prepare(handle: Mapping[str, str]) -> dict[str, Any]:
             raise WarmStartError(
                 f"warm_start {cfg.warm_start!r}: the model registry has no alias {alias!r} of model {name!r} "
                 f"({paths.tracking_uri()}). Fix: set pretrain_plays to pretrain and register it in this run, "
-                "or register a model version and set the alias (MLflow UI or MlflowClient.set_registered_model_alias).")
+                "or register a model version and set the alias (MLflow UI or MlflowClient.set_registered_model_alias)."
+            )
         pretrained = pretrain_and_register(cfg, run, name, alias)
         version = c.get_model_version(name, pretrained["version"])
     _download(c, name, str(version.version), model_dir)
-    info = {"uri": cfg.warm_start, "name": name, "alias": alias, "version": str(version.version),
-            "source_run_id": version.run_id or "", "pretrained_by_this_run": pretrained is not None,
-            "pretrain": (pretrained or {}).get("metrics", {})}
+    info = {
+        "uri": cfg.warm_start,
+        "name": name,
+        "alias": alias,
+        "version": str(version.version),
+        "source_run_id": version.run_id or "",
+        "pretrained_by_this_run": pretrained is not None,
+        "pretrain": (pretrained or {}).get("metrics", {}),
+    }
     atomic.write_json(record, info)
-    tracking.set_tags(run, {"fedflow.warm_start": cfg.warm_start, "fedflow.warm_start_version": info["version"],
-                            "fedflow.warm_start_source_run": info["source_run_id"]})
+    tracking.set_tags(
+        run,
+        {
+            "fedflow.warm_start": cfg.warm_start,
+            "fedflow.warm_start_version": info["version"],
+            "fedflow.warm_start_source_run": info["source_run_id"],
+        },
+    )
     tracking.log_artifact(run, record)
-    log.info("Warm start %s = version %s of %s (%s)", cfg.warm_start, info["version"], name,
-             "pretrained by this run" if pretrained else "registered earlier")
+    log.info(
+        "Warm start %s = version %s of %s (%s)",
+        cfg.warm_start,
+        info["version"],
+        name,
+        "pretrained by this run" if pretrained else "registered earlier",
+    )
     return {"status": "pretrained" if pretrained else "registered", **info}
 
 
@@ -118,12 +136,17 @@ def _download(c, name: str, version: str, model_dir: Path) -> None:
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=".download-"))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=c.get_model_version_download_uri(name, version),
-                                                         dst_path=str(tmp)))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=c.get_model_version_download_uri(name, version), dst_path=str(tmp)
+            )
+        )
         found = next(iter(sorted(local.rglob("MLmodel"), key=lambda p: len(p.parts))), None)
         if found is None:
-            raise Error(f"Model {name} version {version} has no MLmodel file (downloaded to {local}). Fix: register "
-                        "an MLflow model directory.")
+            raise Error(
+                f"Model {name} version {version} has no MLmodel file (downloaded to {local}). Fix: register "
+                "an MLflow model directory."
+            )
         shutil.rmtree(model_dir, ignore_errors=True)
         found.parent.rename(model_dir)
     finally:
@@ -133,9 +156,17 @@ def _download(c, name: str, version: str, model_dir: Path) -> None:
 def pretraining_config(cfg: ExperimentConfig, eligible_clients: int | None = None) -> ExperimentConfig:
     """The data settings that stage the pretraining plays: every role with enough lines, each role's
     lines split into training and held-out lines as the fine-tuning clients' are."""
-    return dataclasses.replace(cfg, plays=",".join(cfg.parsed_pretrain_plays), pretrain_plays="", warm_start="",
-                               recipe="none", num_clients=max(2, eligible_clients or 2), clients_per_round=1,
-                               heldout_clients=0, split="within_client")
+    return dataclasses.replace(
+        cfg,
+        plays=",".join(cfg.parsed_pretrain_plays),
+        pretrain_plays="",
+        warm_start="",
+        recipe="none",
+        num_clients=max(2, eligible_clients or 2),
+        clients_per_round=1,
+        heldout_clients=0,
+        split="within_client",
+    )
 
 
 def stage_pretraining_data(cfg: ExperimentConfig) -> staging.StagedDataset:
@@ -145,19 +176,24 @@ def stage_pretraining_data(cfg: ExperimentConfig) -> staging.StagedDataset:
     need = staging.min_client_size(probe)
     eligible = sum(n >= need for n in sizes.values())
     if eligible < 2:
-        raise WarmStartError(f"pretrain_plays {cfg.parsed_pretrain_plays} have {eligible} role(s) with >= {need} "
-                             f"lines. Fix: add plays or lower min_examples_per_client ({cfg.min_examples_per_client}).")
+        raise WarmStartError(
+            f"pretrain_plays {cfg.parsed_pretrain_plays} have {eligible} role(s) with >= {need} "
+            f"lines. Fix: add plays or lower min_examples_per_client ({cfg.min_examples_per_client})."
+        )
     return staging.stage_dataset(pretraining_config(cfg, eligible))
 
 
 def check_disjoint(pretraining: shards.Manifest, fine_tuning: shards.Manifest) -> None:
     """Raises WarmStartError when a client (a play's role) is in both data sets."""
     ids = {split: set(pretraining.client_ids(split)) for split in pretraining.splits}
-    shared = sorted(set().union(*ids.values()) & set().union(*(set(fine_tuning.client_ids(s))
-                                                                for s in fine_tuning.splits)))
+    shared = sorted(
+        set().union(*ids.values()) & set().union(*(set(fine_tuning.client_ids(s)) for s in fine_tuning.splits))
+    )
     if shared:
-        raise WarmStartError(f"The pretraining and fine-tuning data share {len(shared)} client(s), e.g. {shared[:3]}. "
-                             "Fix: keep pretrain_plays and plays disjoint.")
+        raise WarmStartError(
+            f"The pretraining and fine-tuning data share {len(shared)} client(s), e.g. {shared[:3]}. "
+            "Fix: keep pretrain_plays and plays disjoint."
+        )
 
 
 def pretrain_and_register(cfg: ExperimentConfig, run: RunPaths, name: str, alias: str) -> dict[str, Any]:
@@ -170,49 +206,94 @@ def pretrain_and_register(cfg: ExperimentConfig, run: RunPaths, name: str, alias
     atomic.write_json(out / PRETRAIN_STAGED, {"path": str(staged.path), "fingerprint": staged.fingerprint})
     log_path = run.logs / "pretrain.log"
     if not ((out / PRETRAIN_RESULT).exists() and (out / MODEL / "MLmodel").is_file()):
-        log.info("Pretraining %s on %s (%d roles) for warm start models:/%s@%s", cfg.model,
-                 cfg.parsed_pretrain_plays, len(staged.manifest.client_ids("train")), name, alias)
-        launch.run_trainer(["pretrain", "--run-dir", str(run.root)], log_path=log_path,
-                           timeout_s=max(PRETRAIN_TIMEOUT_S, cfg.chunk_timeout_minutes * 60))
+        log.info(
+            "Pretraining %s on %s (%d roles) for warm start models:/%s@%s",
+            cfg.model,
+            cfg.parsed_pretrain_plays,
+            len(staged.manifest.client_ids("train")),
+            name,
+            alias,
+        )
+        launch.run_trainer(
+            ["pretrain", "--run-dir", str(run.root)],
+            log_path=log_path,
+            timeout_s=max(PRETRAIN_TIMEOUT_S, cfg.chunk_timeout_minutes * 60),
+        )
     result = atomic.read_json(out / PRETRAIN_RESULT)
-    return {**_register(cfg, run, staged, result, name, alias), "metrics": {
-        k: result[k] for k in ("test_loss", "test_accuracy", "train_sequences", "test_sequences", "seconds")}}
+    return {
+        **_register(cfg, run, staged, result, name, alias),
+        "metrics": {
+            k: result[k] for k in ("test_loss", "test_accuracy", "train_sequences", "test_sequences", "seconds")
+        },
+    }
 
 
-def _register(cfg: ExperimentConfig, run: RunPaths, staged: staging.StagedDataset, result: Mapping[str, Any],
-              name: str, alias: str) -> dict[str, str]:
+def _register(
+    cfg: ExperimentConfig,
+    run: RunPaths,
+    staged: staging.StagedDataset,
+    result: Mapping[str, Any],
+    name: str,
+    alias: str,
+) -> dict[str, str]:
     import mlflow  # noqa: PLC0415
     from mlflow.entities import LoggedModelStatus, Metric, Param  # noqa: PLC0415
 
     c = tracking.client()
     experiment = tracking.experiment_id(c, cfg.experiment_name)
-    created = c.create_run(experiment, tags={
-        "mlflow.runName": f"pretrain-{run.root.name}"[:250], "fedflow.role": "pretrain",
-        "fedflow.pretrain_for_run": tracking.run_id(run), "fedflow.pretrain_plays": ",".join(result["plays"]),
-        "fedflow.dataset_fingerprint": staged.fingerprint, "fedflow.git_sha": tracking.git_sha()})
+    created = c.create_run(
+        experiment,
+        tags={
+            "mlflow.runName": f"pretrain-{run.root.name}"[:250],
+            "fedflow.role": "pretrain",
+            "fedflow.pretrain_for_run": tracking.run_id(run),
+            "fedflow.pretrain_plays": ",".join(result["plays"]),
+            "fedflow.dataset_fingerprint": staged.fingerprint,
+            "fedflow.git_sha": tracking.git_sha(),
+        },
+    )
     rid = created.info.run_id
-    params = {"model": cfg.model, "rnn_units": cfg.rnn_units, "pretrain_plays": ",".join(result["plays"]),
-              "pretrain_epochs": cfg.pretrain_epochs, "pretrain_batch_size": cfg.pretrain_batch_size,
-              "pretrain_learning_rate": cfg.pretrain_learning_rate, "seed": cfg.seed, "optimizer": "adam",
-              "min_examples_per_client": cfg.min_examples_per_client, "test_fraction": cfg.test_fraction}
+    params = {
+        "model": cfg.model,
+        "rnn_units": cfg.rnn_units,
+        "pretrain_plays": ",".join(result["plays"]),
+        "pretrain_epochs": cfg.pretrain_epochs,
+        "pretrain_batch_size": cfg.pretrain_batch_size,
+        "pretrain_learning_rate": cfg.pretrain_learning_rate,
+        "seed": cfg.seed,
+        "optimizer": "adam",
+        "min_examples_per_client": cfg.min_examples_per_client,
+        "test_fraction": cfg.test_fraction,
+    }
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, epoch + 1) for key in ("loss", "accuracy")
-               for epoch, value in enumerate(result[f"epoch_{key}"])]
-    metrics += [Metric(key, float(result[key]), now, cfg.pretrain_epochs)
-                for key in ("test_loss", "test_accuracy", "random_guess_accuracy", "seconds", "num_parameters")]
+    metrics = [
+        Metric(key, float(value), now, epoch + 1)
+        for key in ("loss", "accuracy")
+        for epoch, value in enumerate(result[f"epoch_{key}"])
+    ]
+    metrics += [
+        Metric(key, float(result[key]), now, cfg.pretrain_epochs)
+        for key in ("test_loss", "test_accuracy", "random_guess_accuracy", "seconds", "num_parameters")
+    ]
     c.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
     out = run.root / PRETRAIN
     for path in (out / PRETRAIN_RESULT, out / PRETRAIN_SAMPLE, run.logs / "pretrain.log"):
         _log(c, rid, path)
-    model = c.create_logged_model(experiment_id=experiment, name="model", source_run_id=rid, model_type="tensorflow",
-                                  params={k: str(v) for k, v in params.items()})
+    model = c.create_logged_model(
+        experiment_id=experiment,
+        name="model",
+        source_run_id=rid,
+        model_type="tensorflow",
+        params={k: str(v) for k, v in params.items()},
+    )
     c.log_model_artifacts(model.model_id, str(out / MODEL))
     c.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     version = mlflow.register_model(f"models:/{model.model_id}", name)
     c.set_registered_model_alias(name, alias, version.version)
     c.set_terminated(rid, "FINISHED")
-    log.info("Registered the pretrained model as %s version %s (@%s), pretraining run %s", name, version.version,
-             alias, rid)
+    log.info(
+        "Registered the pretrained model as %s version %s (@%s), pretraining run %s", name, version.version, alias, rid
+    )
     return {"version": str(version.version), "pretrain_run_id": rid}
 
 

@@ -77,12 +77,15 @@ def build_char_gru(rnn_units: int, *, batch_size: int | None = None, stateful: b
     """The tutorial's model: Embedding(86, 256) -> GRU(rnn_units, return_sequences) -> Dense(86) logits.
     ``stateful`` with ``batch_size`` 1 is the generation copy (the tutorial's batch-1 model)."""
     layers = tf.keras.layers
-    return tf.keras.Sequential([
-        layers.Input((None,), batch_size=batch_size, dtype=tf.int64),
-        layers.Embedding(VOCAB_SIZE, EMBEDDING_DIM),
-        layers.GRU(rnn_units, return_sequences=True, stateful=stateful, recurrent_initializer="glorot_uniform"),
-        layers.Dense(VOCAB_SIZE),
-    ], name="char_gru")
+    return tf.keras.Sequential(
+        [
+            layers.Input((None,), batch_size=batch_size, dtype=tf.int64),
+            layers.Embedding(VOCAB_SIZE, EMBEDDING_DIM),
+            layers.GRU(rnn_units, return_sequences=True, stateful=stateful, recurrent_initializer="glorot_uniform"),
+            layers.Dense(VOCAB_SIZE),
+        ],
+        name="char_gru",
+    )
 
 
 class FlattenedCategoricalAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
@@ -103,12 +106,14 @@ def loss_fn() -> tf.keras.losses.Loss:
 
 def tff_model_fn(rnn_units: int):
     """A no-argument constructor of the TFF model (the tutorial's ``create_tff_model``)."""
-    input_spec = collections.OrderedDict(x=tf.TensorSpec([None, SEQ_LENGTH], tf.int64),
-                                         y=tf.TensorSpec([None, SEQ_LENGTH], tf.int64))
+    input_spec = collections.OrderedDict(
+        x=tf.TensorSpec([None, SEQ_LENGTH], tf.int64), y=tf.TensorSpec([None, SEQ_LENGTH], tf.int64)
+    )
 
     def model_fn() -> tff.learning.models.VariableModel:
-        return tff.learning.models.from_keras_model(build_char_gru(rnn_units), loss=loss_fn(), input_spec=input_spec,
-                                                    metrics=[FlattenedCategoricalAccuracy()])
+        return tff.learning.models.from_keras_model(
+            build_char_gru(rnn_units), loss=loss_fn(), input_spec=input_spec, metrics=[FlattenedCategoricalAccuracy()]
+        )
 
     return model_fn
 
@@ -116,12 +121,14 @@ def tff_model_fn(rnn_units: int):
 def evaluate(model: tf.keras.Model, examples: shards.ClientExamples, batch_size: int = 64) -> dict[str, float]:
     """Mean loss and accuracy over every target character of ``examples`` (held-out lines)."""
     if len(examples.y) == 0:
-        raise Error("No held-out sequences to evaluate on (each client's test lines are shorter than "
-                    f"{SEQ_LENGTH + 1} characters). Fix: raise test_fraction or min_examples_per_client.")
+        raise Error(
+            "No held-out sequences to evaluate on (each client's test lines are shorter than "
+            f"{SEQ_LENGTH + 1} characters). Fix: raise test_fraction or min_examples_per_client."
+        )
     loss_sum, correct, count = 0.0, 0, 0
     per_token = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     for start in range(0, len(examples.y), batch_size):
-        x, y = examples.x[start:start + batch_size], examples.y[start:start + batch_size]
+        x, y = examples.x[start : start + batch_size], examples.y[start : start + batch_size]
         logits = model(x, training=False)
         loss_sum += float(tf.reduce_sum(per_token(y, logits)))
         correct += int(np.sum(np.argmax(logits.numpy(), axis=-1) == y))
@@ -129,8 +136,15 @@ def evaluate(model: tf.keras.Model, examples: shards.ClientExamples, batch_size:
     return {"test_loss": loss_sum / count, "test_accuracy": correct / count}
 
 
-def generate(weights: list[np.ndarray], rnn_units: int, start: str, *, num_chars: int = 200, seed: int = 0,
-             temperature: float = 1.0) -> str:
+def generate(
+    weights: list[np.ndarray],
+    rnn_units: int,
+    start: str,
+    *,
+    num_chars: int = 200,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> str:
     """The tutorial's ``generate_text`` with seeded sampling: ``start`` continued by ``num_chars``
     characters drawn from the model's softmax (a batch-1 stateful copy carrying ``weights``)."""
     model = build_char_gru(rnn_units, batch_size=1, stateful=True)

@@ -44,7 +44,8 @@ def measure(exp) -> dict[str, float]:
         tutorial_lr = after
     else:
         process = algorithms.build_learning_process(
-            dataclasses.replace(cfg, client_learning_rate=TUTORIAL_LEARNING_RATE), exp.model_fn)
+            dataclasses.replace(cfg, client_learning_rate=TUTORIAL_LEARNING_RATE), exp.model_fn
+        )
         state = process.set_model_weights(process.initialize(), exp.process.get_model_weights(start))
         for _, output in recipe_results.replay(exp, process, state):
             state = output.state
@@ -55,18 +56,26 @@ def measure(exp) -> dict[str, float]:
     samples = {}
     for name, state in (("warm start", start), (f"after {cfg.rounds} rounds", final_state)):
         weights = exp.process.get_model_weights(state)
-        samples[name] = text.generate([np.asarray(w) for w in weights.trainable], cfg.rnn_units, SAMPLE_START,
-                                      seed=cfg.seed)
+        samples[name] = text.generate(
+            [np.asarray(w) for w in weights.trainable], cfg.rnn_units, SAMPLE_START, seed=cfg.seed
+        )
     out = exp.paths.root / ARTIFACTS
     out.mkdir(exist_ok=True)
-    (out / "generated_text.txt").write_text("".join(
-        f"=== {name} (seeded sampling, seed {cfg.seed}, temperature 1.0) ===\n{sample}\n\n"
-        for name, sample in samples.items()))
+    (out / "generated_text.txt").write_text(
+        "".join(
+            f"=== {name} (seeded sampling, seed {cfg.seed}, temperature 1.0) ===\n{sample}\n\n"
+            for name, sample in samples.items()
+        )
+    )
     results = {
-        "warm_start_test_loss": before["test_loss"], "warm_start_test_accuracy": before["test_accuracy"],
-        "final_test_loss": after["test_loss"], "final_test_accuracy": after["test_accuracy"],
-        "lr05_test_loss": tutorial_lr["test_loss"], "lr05_test_accuracy": tutorial_lr["test_accuracy"],
-        "random_guess_accuracy": 1.0 / text.VOCAB_SIZE, "test_sequences": int(len(test.y)),
+        "warm_start_test_loss": before["test_loss"],
+        "warm_start_test_accuracy": before["test_accuracy"],
+        "final_test_loss": after["test_loss"],
+        "final_test_accuracy": after["test_accuracy"],
+        "lr05_test_loss": tutorial_lr["test_loss"],
+        "lr05_test_accuracy": tutorial_lr["test_accuracy"],
+        "random_guess_accuracy": 1.0 / text.VOCAB_SIZE,
+        "test_sequences": int(len(test.y)),
         "test_characters": int(test.y.size),
     }
     warm = exp.paths.root / "warm_start.json"

@@ -37,19 +37,23 @@ def load_weights(run_root: Path, template: tf.keras.Model, uri: str = "") -> tff
 
     path = model_dir(run_root)
     if not (path / "MLmodel").is_file():
-        raise Error(f"The warm start {uri or '(warm_start)'} was not downloaded to {path}. Fix: run the DAG's "
-                    "warm_start task first (it resolves the registered model and downloads it).")
+        raise Error(
+            f"The warm start {uri or '(warm_start)'} was not downloaded to {path}. Fix: run the DAG's "
+            "warm_start task first (it resolves the registered model and downloads it)."
+        )
     loaded = mlflow.tensorflow.load_model(str(path), keras_model_kwargs={"compile": False})
     trainable = [np.asarray(v.numpy()) for v in loaded.trainable_weights]
     non_trainable = [np.asarray(v.numpy()) for v in loaded.non_trainable_weights]
     expected = [tuple(v.shape) for v in template.trainable_weights]
     got = [w.shape for w in trainable]
     if got != expected:
-        first = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got),
-                                                                                                   len(expected)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
+        )
         raise WarmStartMismatchError(
             f"The warm start {uri or path} has {len(got)} trainable weights of shapes {got}; the configured model "
             f"{template.name!r} expects {len(expected)} of shapes {expected} (first difference at weight {first}). "
             "Fix: use the same model and width (e.g. rnn_units) the registered model was trained with, or point "
-            "warm_start at another model.")
+            "warm_start at another model."
+        )
     return tff.learning.models.ModelWeights(trainable=trainable, non_trainable=non_trainable)

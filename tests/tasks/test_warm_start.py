@@ -12,20 +12,33 @@ from tasks import warm_start as warm
 from tasks.config import ConfigError, ExperimentConfig
 from tasks.paths import RunPaths
 
-TEXT = {"dataset": "shakespeare", "model": "char_gru", "plays": "hamlet,lear", "num_clients": 4,
-        "clients_per_round": 2, "rnn_units": 16, "experiment_name": "fedflow-warm-start-test"}
+TEXT = {
+    "dataset": "shakespeare",
+    "model": "char_gru",
+    "plays": "hamlet,lear",
+    "num_clients": 4,
+    "clients_per_round": 2,
+    "rnn_units": 16,
+    "experiment_name": "fedflow-warm-start-test",
+}
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"pretrain_plays": "lear,tempest", "warm_start": "models:/m@pretrained"}, r"disjoint.*\['lear'\] in both"),
-    ({"plays": "", "pretrain_plays": "tempest", "warm_start": "models:/m@pretrained"}, "plays='' stages every play"),
-    ({"pretrain_plays": "tempest"}, "pretrain_plays needs warm_start"),
-    ({"warm_start": "runs:/abc/model"}, "warm_start must match"),
-    ({"dataset": "digits", "plays": ""}, None),
-    ({"plays": "hamlet", "dataset": "digits"}, "plays selects Shakespeare plays"),
-    ({"engine": "hybrid"}, "'tff' engine only"),
-    ({"model": "mlp", "pretrain_plays": "tempest", "warm_start": "models:/m@p"}, "model='char_gru'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pretrain_plays": "lear,tempest", "warm_start": "models:/m@pretrained"}, r"disjoint.*\['lear'\] in both"),
+        (
+            {"plays": "", "pretrain_plays": "tempest", "warm_start": "models:/m@pretrained"},
+            "plays='' stages every play",
+        ),
+        ({"pretrain_plays": "tempest"}, "pretrain_plays needs warm_start"),
+        ({"warm_start": "runs:/abc/model"}, "warm_start must match"),
+        ({"dataset": "digits", "plays": ""}, None),
+        ({"plays": "hamlet", "dataset": "digits"}, "plays selects Shakespeare plays"),
+        ({"engine": "hybrid"}, "'tff' engine only"),
+        ({"model": "mlp", "pretrain_plays": "tempest", "warm_start": "models:/m@p"}, "model='char_gru'"),
+    ],
+)
 def test_text_settings_are_checked_with_the_problem_and_the_fix(change, message):
     settings = {**TEXT, **change}
     if message is None:  # char_gru on digits: a valid config, but not trainable
@@ -85,8 +98,9 @@ def test_a_registered_alias_is_downloaded_into_the_run_and_tagged_on_its_mlflow_
     (model_dir / "MLmodel").write_text("flavors: {}\n")
     (model_dir / "weights.txt").write_text("pretrained\n")
     source = c.create_run(tracking.experiment_id(c, "fedflow-warm-start-test")).info.run_id
-    logged = c.create_logged_model(experiment_id=c.get_run(source).info.experiment_id, name="model",
-                                   source_run_id=source)
+    logged = c.create_logged_model(
+        experiment_id=c.get_run(source).info.experiment_id, name="model", source_run_id=source
+    )
     c.log_model_artifacts(logged.model_id, str(model_dir))
     version = mlflow.register_model(f"models:/{logged.model_id}", "char-gru-test")
     c.set_registered_model_alias("char-gru-test", "pretrained", version.version)
@@ -106,9 +120,12 @@ def test_pretraining_and_fine_tuning_data_sharing_a_role_is_refused(tmp_path):
     def staged(name: str, ids: list[str]) -> shards.Manifest:
         out = tmp_path / name
         out.mkdir()
-        shards.write_dataset(out, {"train": [shards.Client(cid, {"snippets": ["To be."]}) for cid in ids]},
-                             shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets"),
-                             metadata={"dataset": "shakespeare", "fingerprint": name, "settings": {}, "source": {}})
+        shards.write_dataset(
+            out,
+            {"train": [shards.Client(cid, {"snippets": ["To be."]}) for cid in ids]},
+            shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets"),
+            metadata={"dataset": "shakespeare", "fingerprint": name, "settings": {}, "source": {}},
+        )
         return shards.Manifest.read(Path(out))
 
     fine = staged("fine", ["HAMLET_HAM", "LEAR_LEAR"])
@@ -118,8 +135,14 @@ def test_pretraining_and_fine_tuning_data_sharing_a_role_is_refused(tmp_path):
 
 
 def test_the_pretraining_data_are_the_pretrain_plays_split_like_the_fine_tuning_clients():
-    cfg = ExperimentConfig(**{**TEXT, "pretrain_plays": "tempest, comedy_of_errors", "warm_start": "models:/m@p",
-                              "recipe": "text_generation"})
+    cfg = ExperimentConfig(
+        **{
+            **TEXT,
+            "pretrain_plays": "tempest, comedy_of_errors",
+            "warm_start": "models:/m@p",
+            "recipe": "text_generation",
+        }
+    )
     pre = warm.pretraining_config(cfg, eligible_clients=12)
     assert pre.plays == "comedy_of_errors,tempest" and pre.num_clients == 12 and pre.split == "within_client"
     assert pre.warm_start == "" and pre.pretrain_plays == "" and pre.recipe == "none"

@@ -15,8 +15,10 @@ from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
 from trainer import pretrain, program, recipe_results, text, warm_start
 
-SPEECH = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
-          "that lour'd upon our house in the deep bosom of the ocean buried.")
+SPEECH = (
+    "Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
+    "that lour'd upon our house in the deep bosom of the ocean buried."
+)
 
 
 def text_client(client_id: str, rng: np.random.Generator, n: int) -> shards.Client:
@@ -30,25 +32,45 @@ def write_text_dataset(out: Path, prefix: str, seed: int) -> Path:
     out.mkdir(parents=True)
     ids = [f"{prefix}_ROLE{i}" for i in range(4)]
     shards.write_dataset(
-        out, {"train": [text_client(cid, rng, 30) for cid in ids], "test": [text_client(cid, rng, 8) for cid in ids]},
+        out,
+        {"train": [text_client(cid, rng, 30) for cid in ids], "test": [text_client(cid, rng, 8) for cid in ids]},
         shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets"),
-        metadata={"dataset": "shakespeare", "fingerprint": prefix, "settings": {}, "source": {}})
+        metadata={"dataset": "shakespeare", "fingerprint": prefix, "settings": {}, "source": {}},
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def text_sets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("text")
-    return {"fine_tune": write_text_dataset(root / "fine", "HAMLET", 1),
-            "pretrain": write_text_dataset(root / "pre", "LEAR", 2)}
+    return {
+        "fine_tune": write_text_dataset(root / "fine", "HAMLET", 1),
+        "pretrain": write_text_dataset(root / "pre", "LEAR", 2),
+    }
 
 
 def text_run(root: Path, staged: Path, name: str, **overrides) -> RunPaths:
-    cfg = ExperimentConfig(**{
-        "dataset": "shakespeare", "plays": "hamlet", "model": "char_gru", "rnn_units": 16, "num_clients": 4,
-        "clients_per_round": 2, "min_examples_per_client": 1, "local_epochs": 1, "batch_size": 8, "rounds": 2,
-        "rounds_per_chunk": 2, "eval_every": 2, "client_learning_rate": 0.05, "pretrain_epochs": 3,
-        "pretrain_batch_size": 8, "pretrain_learning_rate": 0.01, **overrides})
+    cfg = ExperimentConfig(
+        **{
+            "dataset": "shakespeare",
+            "plays": "hamlet",
+            "model": "char_gru",
+            "rnn_units": 16,
+            "num_clients": 4,
+            "clients_per_round": 2,
+            "min_examples_per_client": 1,
+            "local_epochs": 1,
+            "batch_size": 8,
+            "rounds": 2,
+            "rounds_per_chunk": 2,
+            "eval_every": 2,
+            "client_learning_rate": 0.05,
+            "pretrain_epochs": 3,
+            "pretrain_batch_size": 8,
+            "pretrain_learning_rate": 0.01,
+            **overrides,
+        }
+    )
     run = RunPaths(root / name)
     run.root.mkdir()
     atomic.write_json(run.config, cfg.to_dict())
@@ -68,13 +90,25 @@ def test_the_tutorials_pipeline_cuts_lines_into_sequences_of_100_plus_1_characte
 def test_the_tutorials_char_gru_has_its_layers_and_parameter_count():
     model = text.build_char_gru(1024)
     assert [w.shape.as_list() for w in model.trainable_weights] == [
-        [86, 256], [256, 3072], [1024, 3072], [2, 3072], [1024, 86], [86]]
+        [86, 256],
+        [256, 3072],
+        [1024, 3072],
+        [2, 3072],
+        [1024, 86],
+        [86],
+    ]
     assert model.count_params() == 4_048_470  # the tutorial's Embedding 86x256, GRU 1024, Dense 86
 
 
 def test_pretraining_then_warm_start_fine_tunes_from_the_pretrained_weights(tmp_path, text_sets):
-    run = text_run(tmp_path, text_sets["fine_tune"], "run", recipe="text_generation", pretrain_plays="lear",
-                   warm_start="models:/char-gru@pretrained")
+    run = text_run(
+        tmp_path,
+        text_sets["fine_tune"],
+        "run",
+        recipe="text_generation",
+        pretrain_plays="lear",
+        warm_start="models:/char-gru@pretrained",
+    )
     (run.root / pretrain.DIRECTORY).mkdir()
     atomic.write_json(run.root / pretrain.DIRECTORY / pretrain.STAGED, {"path": str(text_sets["pretrain"])})
     result = pretrain.pretrain(run.root)
