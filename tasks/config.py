@@ -175,7 +175,8 @@ class ExperimentConfig:
     model: str = _field(
         "cnn", section="Model", title="Model", enum=list(MODELS),
         description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer; 'softmax': zero-initialised "
-        "softmax regression (TFF's image-classification tutorial).",
+        "softmax regression (TFF's image-classification tutorial); 'char_gru': the text-generation tutorial's character "
+        "GRU (text data; width rnn_units).",
     )
     rnn_units: int = _field(
         1024, section="Model", title="GRU units", minimum=1, maximum=4096,
