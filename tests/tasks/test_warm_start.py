@@ -147,3 +147,42 @@ def test_the_pretraining_data_are_the_pretrain_plays_split_like_the_fine_tuning_
     assert pre.plays == "comedy_of_errors,tempest" and pre.num_clients == 12 and pre.split == "within_client"
     assert pre.warm_start == "" and pre.pretrain_plays == "" and pre.recipe == "none"
     assert pre.min_examples_per_client == cfg.min_examples_per_client and pre.seed == cfg.seed
+
+
+def test_validation_passes_the_text_model_on_text_and_fails_it_on_other_data(tmp_path):
+    import numpy as np
+
+    from tasks import validate
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "vector").mkdir()
+    schema = shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets")
+    clients = [shards.Client(cid, {"snippets": ["To be, or not to be."] * 3}) for cid in ("HAMLET_HAM", "LEAR_LEAR")]
+    shards.write_dataset(
+        tmp_path / "text",
+        {"train": clients, "test": [shards.Client("T", {"snippets": ["x"]})]},
+        schema,
+        metadata={"dataset": "shakespeare", "fingerprint": "t", "settings": {}, "source": {}},
+    )
+    cfg = ExperimentConfig(**{**TEXT, "num_clients": 2, "clients_per_round": 1, "min_examples_per_client": 1})
+    report = validate.validate_staged(shards.Manifest.read(tmp_path / "text"), cfg)
+    assert report.success, report.problems()
+
+    vector = shards.Schema(
+        "vector",
+        (shards.Column("x", "float32", (4,)), shards.Column("label", "int64")),
+        x="x",
+        label="label",
+        num_classes=2,
+    )
+    rows = [shards.Client(c, {"x": np.zeros((3, 4), np.float32), "label": np.array([0, 1, 0])}) for c in "ab"]
+    shards.write_dataset(
+        tmp_path / "vector",
+        {"train": rows, "test": rows[:1]},
+        vector,
+        metadata={"dataset": "table", "fingerprint": "v", "settings": {}, "source": {}},
+    )
+    report = validate.validate_staged(shards.Manifest.read(tmp_path / "vector"), cfg)
+    assert "model 'char_gru' trains on text only; this is vector data. Fix: another model (cnn, mlp, softmax)." in (
+        report.problems()
+    )
