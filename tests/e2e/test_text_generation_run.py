@@ -33,7 +33,7 @@ def test_text_generation_pretrains_registers_and_fine_tunes_from_the_registered_
     assert pretraining.data.metrics["test_accuracy"] > 5 / 86  # learnt from the comedy, far above chance
     tags = fine_tuning.data.tags
     assert tags["fedflow.warm_start"] == "models:/fedflow-text-char-gru-tiny@pretrained"
-    assert tags["fedflow.warm_start_version"] == version.version
+    assert tags["fedflow.warm_start_version"] == str(version.version)
     assert tags["fedflow.reference.fine_tuning_lowers_held_out_loss"] in ("pass", "fail")
     assert fine_tuning.data.params["plays"] == "macbeth" and fine_tuning.data.params["model"] == "char_gru"
     artifacts = {a.path for a in client.list_artifacts(fine_tuning.info.run_id, "recipe")}
