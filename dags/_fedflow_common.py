@@ -192,8 +192,22 @@ def training_chain() -> None:
             raise AirflowSkipException(outcome["message"])
         return outcome
 
+    @task(pool="gpu", queue="gpu", execution_timeout=CHUNK_TIMEOUT)
+    def warm_start(handle: dict) -> dict:
+        """Runs with warm_start only: the registered model by alias, pretrained and registered first when the
+        alias is missing and pretrain_plays is set (tasks/warm_start.py); downloaded for the chunks."""
+        from tasks import warm_start as warm
+
+        try:
+            return warm.prepare(handle)
+        except warm.WarmStartError as e:  # the config or the registry must change first
+            raise AirflowFailException(str(e)) from e
+
     resolved = resolve_task(training=True)()
-    previous = validate_task(training=True)(resolved, stage(resolved))
+    validated = validate_task(training=True)(resolved, stage(resolved))
+    warmed = with_mlflow_link(warm_start(resolved))
+    validated >> warmed
+    previous = [validated, warmed]
     for i in range(MAX_CHUNKS):
         chunk = with_mlflow_link(train_chunk.override(task_id=f"train_chunk_{i:02d}")(resolved, i))
         previous >> chunk

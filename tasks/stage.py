@@ -86,7 +86,7 @@ def open_source(cfg: ExperimentConfig) -> Source | None:
     if cfg.dataset == "shakespeare":
         from tasks.sources.shakespeare import ShakespeareSource
 
-        return ShakespeareSource()
+        return ShakespeareSource(plays=cfg.parsed_plays or None)
     if cfg.dataset == "movielens":
         from tasks.sources.movielens import MovieLensSource
 
@@ -312,6 +312,12 @@ def _min_total(cfg: ExperimentConfig) -> int:
     while n - _test_count(n, cfg.test_fraction) < cfg.min_examples_per_client:
         n += 1
     return n
+
+
+def min_client_size(cfg: ExperimentConfig) -> int:
+    """The examples a client of ``cfg``'s source needs to be drawn (its training part keeps
+    ``min_examples_per_client`` after a within_client split)."""
+    return _min_total(cfg)
 
 
 def _test_count(n: int, test_fraction: float) -> int:

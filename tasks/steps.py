@@ -207,6 +207,7 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
     for png in plots.render(run.metrics, run.root / "plots", title=f"{cfg.algorithm}, {cfg.aggregator}"):
         tracking.log_artifact(run, png, "plots")
     tracking.log_artifact(run, run.tff_env)
+    tracking.log_artifacts(run, run.root / "artifacts", "recipe")  # a recipe's measured extras (e.g. generated text)
     model = tracking.log_and_register_model(run, cfg, final)
     result = headline(cfg, final, model, run)
     tracking.set_tags(run, {**tracking.environment_tags(run), "mlflow.note.content": result})

@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks import atomic, shards
-from tasks.config import ExperimentConfig
+from tasks.config import TEXT_MODELS, ExperimentConfig
 from tasks.expectations import (
     DIGEST_KEY,
     RATINGS_COLUMNS,
@@ -371,6 +371,11 @@ def _check_model(manifest: shards.Manifest, cfg: ExperimentConfig) -> Check:
                 f"model 'matrix_factorization' factorises ratings (item_id, rating, and the source's max_item_id); "
                 f"this is {schema.kind} data with columns {sorted(names)}. Fix: dataset='movielens'."])
         return _passed("model compatibility", "model 'matrix_factorization' fits the ratings (item_id, rating)")
+    if cfg.model in TEXT_MODELS:  # next-character prediction (trainer/text.py)
+        if schema.kind == "text":
+            return _passed("model compatibility", f"model {cfg.model!r} predicts the next character of {schema.x!r}")
+        return _failed("model compatibility", [f"model {cfg.model!r} trains on text only; this is {schema.kind} "
+                                               "data. Fix: another model (cnn, mlp, softmax)."])
     if schema.kind not in ("image", "vector") or schema.label is None:
         what = f"{schema.kind} data" + ("" if schema.kind in ("text", "ratings") else " without a label")
         return _failed("model compatibility", [

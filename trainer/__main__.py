@@ -2,6 +2,7 @@
 
     python -m trainer train --run-dir data/runs/<run> --until-round 20 [--engine hybrid]
     python -m trainer export --run-dir data/runs/<run>
+    python -m trainer pretrain --run-dir data/runs/<run>    # central pretraining of a warm start (text)
 
 Exchanges files only: config.json, staged.json and checkpoints in; metrics.jsonl, checkpoints,
 model/ and final.json out.
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--engine", choices=("tff", "hybrid"), help="override the config's engine for this chunk")
     export = sub.add_parser("export", help="evaluate and save the final model")
     export.add_argument("--run-dir", type=Path, required=True)
+    pretrain = sub.add_parser("pretrain", help="train the warm-start model centrally (trainer/pretrain.py)")
+    pretrain.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -34,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     lifecycle.install()
     from trainer import program  # imports TensorFlow and TFF (11-18 s)
 
-    if args.command == "train":
+    if args.command == "pretrain":
+        from trainer import pretrain as pretraining
+
+        program.configure_devices()
+        pretraining.pretrain(args.run_dir)
+    elif args.command == "train":
         program.train_until_round(args.run_dir, args.until_round, args.engine)
     else:
         program.export_model(program.load_experiment(args.run_dir))

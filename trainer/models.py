@@ -8,9 +8,14 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 
-def build_keras_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> tf.keras.Model:
+def build_keras_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, rnn_units: int = 1024
+                      ) -> tf.keras.Model:
     """An uncompiled Keras model that outputs logits. Seed TF before calling for fixed initial weights."""
     layers = tf.keras.layers
+    if name == "char_gru":  # next-character prediction on text (trainer/text.py)
+        from trainer import text  # noqa: PLC0415
+
+        return text.build_char_gru(rnn_units)
     if name == "cnn":
         body = [
             layers.Conv2D(32, 3, padding="same", activation="relu"),
@@ -34,8 +39,12 @@ def loss_fn() -> tf.keras.losses.Loss:
     return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def tff_model_fn(name: str, input_shape: tuple[int, ...], num_classes: int):
+def tff_model_fn(name: str, input_shape: tuple[int, ...], num_classes: int, *, rnn_units: int = 1024):
     """A no-argument constructor of the TFF model, as ``tff.learning`` algorithms expect."""
+    if name == "char_gru":
+        from trainer import text  # noqa: PLC0415
+
+        return text.tff_model_fn(rnn_units)
     input_spec = collections.OrderedDict(
         x=tf.TensorSpec([None, *input_shape], tf.float32), y=tf.TensorSpec([None], tf.int64)
     )

@@ -28,7 +28,18 @@ from tasks import atomic, metrics_log, privacy, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
-from trainer import aggregators, algorithms, client_updates, hybrid, lifecycle, models, recipe_results, reconstruction
+from trainer import (
+    aggregators,
+    algorithms,
+    client_updates,
+    hybrid,
+    lifecycle,
+    models,
+    recipe_results,
+    reconstruction,
+    text,
+    warm_start,
+)
 
 log = logging.getLogger("fedflow.trainer")
 
@@ -70,22 +81,25 @@ def load_experiment(run_dir: Path) -> Experiment | reconstruction.ReconExperimen
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
     if cfg.algorithm == "fed_recon":  # matrix factorisation of ratings: its own model and loop
         return reconstruction.load_experiment(paths, cfg, manifest)
-    input_shape, num_classes = model_input_shape(manifest), manifest.num_classes
+    input_shape, num_classes = model_input_shape(manifest), model_num_classes(manifest)
     if cfg.aggregator == "secure":
         # The local C++ runtime cannot run secure-sum intrinsics; TFF's test context replaces them with
         # their plain bodies (same bit-width quantisation and modular sums, no cryptography).
         tff.backends.test.set_sync_test_cpp_execution_context()
     # TFF traces model_fn while building the process; build it before any other Keras model.
-    model_fn = models.tff_model_fn(cfg.model, input_shape, num_classes)
+    model_fn = models.tff_model_fn(cfg.model, input_shape, num_classes, rnn_units=cfg.rnn_units)
     process = algorithms.build_learning_process(cfg, model_fn)
     fed_eval = tff.learning.algorithms.build_fed_eval(model_fn) if cfg.heldout_clients else None
-    eval_model = models.build_keras_model(cfg.model, input_shape, num_classes)
+    eval_model = models.build_keras_model(cfg.model, input_shape, num_classes, rnn_units=cfg.rnn_units)
     checkpoints = CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints)
     return Experiment(cfg, paths, manifest, process, eval_model, checkpoints, model_fn, fed_eval)
 
 
 def model_input_shape(manifest: shards.Manifest) -> tuple[int, ...]:
-    """The Keras input shape for the staged ``x``: images get a channel axis when they have none."""
+    """The Keras input shape for the staged ``x``: images get a channel axis when they have none; text
+    becomes sequences of character ids (trainer/text.py)."""
+    if manifest.kind == "text":
+        return (text.SEQ_LENGTH,)
     if manifest.kind not in ("image", "vector") or manifest.schema.label is None:
         raise Error(f"The training engine classifies labelled images or vectors; {manifest.root} holds "
                     f"{manifest.kind} data. Text and ratings train through their recipes.")
@@ -93,11 +107,20 @@ def model_input_shape(manifest: shards.Manifest) -> tuple[int, ...]:
     return (*shape, 1) if manifest.kind == "image" and len(shape) == 2 else shape
 
 
+def model_num_classes(manifest: shards.Manifest) -> int:
+    """Classes of the model's output: the labels, or the characters of the text vocabulary."""
+    return text.VOCAB_SIZE if manifest.kind == "text" else manifest.num_classes
+
+
 def read_client(exp: Experiment, split: str, client_id: str) -> shards.ClientExamples:
+    if exp.manifest.kind == "text":
+        return text.read_client(exp.manifest, split, client_id)
     return model_examples(exp.manifest, exp.manifest.read_client(split, client_id))
 
 
 def read_split(exp: Experiment, split: str) -> shards.ClientExamples:
+    if exp.manifest.kind == "text":
+        return text.read_split(exp.manifest, split)
     return model_examples(exp.manifest, exp.manifest.read_split(split))
 
 
@@ -108,14 +131,18 @@ def model_examples(manifest: shards.Manifest, examples: shards.ClientExamples) -
 
 
 def initial_state(exp: Experiment):
-    """Round-0 state with initial weights drawn from the experiment seed (not TFF's unseeded init)."""
+    """Round-0 state with initial weights drawn from the experiment seed (not TFF's unseeded init), or
+    the registered model's weights of ``warm_start`` (downloaded into the run directory)."""
     state = exp.process.initialize()
     tf.keras.utils.set_random_seed(exp.cfg.seed)
-    seeded = models.build_keras_model(exp.cfg.model, model_input_shape(exp.manifest), exp.manifest.num_classes)
+    seeded = models.build_keras_model(exp.cfg.model, model_input_shape(exp.manifest), model_num_classes(exp.manifest),
+                                      rnn_units=exp.cfg.rnn_units)
     weights = tff.learning.models.ModelWeights(
         trainable=[v.numpy() for v in seeded.trainable_weights],
         non_trainable=[v.numpy() for v in seeded.non_trainable_weights],
     )
+    if exp.cfg.warm_start:
+        weights = warm_start.load_weights(exp.paths.root, seeded, exp.cfg.warm_start)
     return exp.process.set_model_weights(state, weights)
 
 
@@ -168,7 +195,8 @@ def round_metrics(metrics) -> dict[str, float]:
     train = metrics["client_work"]["train"]
     row = {
         "train_loss": float(train["loss"]),
-        "train_accuracy": float(train["sparse_categorical_accuracy"]),
+        "train_accuracy": float(train["sparse_categorical_accuracy"] if "sparse_categorical_accuracy" in train
+                                else train["accuracy"]),  # text: the tutorial's FlattenedCategoricalAccuracy
         "train_examples": int(train["num_examples"]),
     }
     finalizer = metrics.get("finalizer") or {}
@@ -194,6 +222,8 @@ def _flatten(prefix: str, value) -> dict[str, float]:
 
 def evaluate_central(exp: Experiment, state, test: shards.ClientExamples) -> dict[str, float]:
     exp.process.get_model_weights(state).assign_weights_to(exp.eval_model)
+    if exp.manifest.kind == "text":
+        return text.evaluate(exp.eval_model, test)
     logits = exp.eval_model(test.x, training=False)
     loss = float(models.loss_fn()(test.y, logits))
     accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == test.y))
@@ -429,6 +459,8 @@ def export_model(exp: Experiment) -> dict:
         input_example=example,
         # Stated, not inferred: inference reloads the model in a subprocess (~15 s).
         pip_requirements=[f"tensorflow=={tf.__version__}"],
+        # Text models as HDF5: a SavedModel traces every GRU function (about a minute on 2 cores).
+        keras_model_kwargs={"save_format": "h5"} if exp.manifest.kind == "text" else None,
     )
     old = exp.paths.root / f".model-old-{uuid.uuid4().hex[:8]}"
     if exp.paths.model.exists():

@@ -180,11 +180,20 @@ def recommended_aggregators(exp) -> dict[str, float]:
     return measurements.measure(exp)
 
 
+def text_generation(exp) -> dict[str, float]:
+    """Text generation: held-out loss/accuracy of the warm start, after fine-tuning and with the tutorial's client
+    learning rate 0.5, and a generated sample (trainer/text_generation.py)."""
+    from trainer import text_generation as measurement  # noqa: PLC0415
+
+    return measurement.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
                                      "reconstruction": reconstruction,
-                                     "recommended_aggregators": recommended_aggregators}
+                                     "recommended_aggregators": recommended_aggregators,
+                                     "text_generation": text_generation}
 
 
 def measure(exp) -> dict[str, float] | None:
