@@ -160,8 +160,31 @@ def custom_aggregators(exp) -> dict[str, float]:
     return {"max_weight_difference_vs_plain_mean": difference, **tutorial_aggregators.tutorial_example()}
 
 
+def client_data(exp) -> dict[str, float]:
+    """Working with ClientData: the staged train split as a ``tff.simulation.datasets.ClientData``, and the
+    run's rounds (same sampled clients, from the run's round-0 weights) fed the tutorial's three ways."""
+    from trainer import client_data as staged, program  # noqa: PLC0415 - program imports this module
+
+    cfg = exp.cfg
+    data = staged.StagedClientData(exp.manifest, "train")
+    spec_matches = data.create_tf_dataset_for_client(data.client_ids[0]).element_spec == data.element_type_structure
+    x_name, y_name = data.element_type_structure
+    preprocessed = data.preprocess(staged.model_input_preprocess(
+        program.model_input_shape(exp.manifest), x_name, y_name, batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs))
+    log.info("dataset_computation: %s; preprocessed: %s", data.dataset_computation.type_signature,
+             preprocessed.dataset_computation.type_signature)
+    ids = exp.manifest.client_ids("train")
+    training_ids = ids[: len(ids) - cfg.heldout_clients]
+    cohorts = [c for r in range(1, cfg.rounds + 1) if (c := program.sample_clients(cfg, r, training_ids))]
+    results = staged.three_ways(exp.process, preprocessed, program.initial_state(exp), cohorts)
+    return {**results, "element_spec_matches": float(spec_matches), "client_data_clients": len(data.client_ids),
+            "rounds_compared": len(cohorts)}
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
-                                     "custom_aggregators": custom_aggregators}
+                                     "custom_aggregators": custom_aggregators,
+                                     "client_data": client_data}
 
 
 def measure(exp) -> dict[str, float] | None:
