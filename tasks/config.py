@@ -27,7 +27,7 @@ PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
 PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
 SPLITS = ("auto", "central", "within_client", "by_client", "source")
-MODELS = ("cnn", "mlp", "softmax")
+MODELS = ("cnn", "mlp", "softmax", "vgg_small", "vgg_large")
 # Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
 ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 CLIENT_SAMPLING = ("uniform", "poisson", "fixed")
@@ -166,7 +166,8 @@ class ExperimentConfig:
     model: str = _field(
         "cnn", section="Model", title="Model", enum=list(MODELS),
         description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer; 'softmax': zero-initialised "
-        "softmax regression (TFF's image-classification tutorial).",
+        "softmax regression (TFF's image-classification tutorial); 'vgg_small' / 'vgg_large': the VGG-like CNNs of "
+        "TFF's simulations-with-accelerators tutorial (2,731,082 / 5,827,658 parameters).",
     )
     algorithm: str = _field(
         "fedavg", section="Algorithm", title="Algorithm", enum=list(ALGORITHMS),
@@ -217,6 +218,11 @@ class ExperimentConfig:
     server_epsilon: float = _field(
         0.001, section="Algorithm", title="Server optimizer epsilon", exclusiveMinimum=0, maximum=1,
         description="Adaptivity (tau) of fedadam / fedyogi / fedadagrad; 1e-3 as in Reddi et al. 2021.",
+    )
+    max_concurrent_computation_calls: int = _field(
+        0, section="Algorithm", title="TFF concurrent computation calls", minimum=0, maximum=1024,
+        description="TFF's local C++ runtime runs at most this many calls of one computation at once (e.g. "
+        "clients training in parallel); 0 = TFF's default (no limit). The accelerators recipe sweeps it.",
     )
     # -- aggregation and privacy -------------------------------------------------------------
     aggregator: str = _field(
@@ -341,6 +347,12 @@ class ExperimentConfig:
             )
         if self.aggregator == "dp":
             self._check_dp()
+        if self.max_concurrent_computation_calls and self.aggregator == "secure":
+            raise ConfigError(
+                "max_concurrent_computation_calls sets TFF's local C++ runtime, but aggregator 'secure' runs in "
+                f"TFF's test runtime. Got max_concurrent_computation_calls={self.max_concurrent_computation_calls}. "
+                "Fix: max_concurrent_computation_calls=0, or another aggregator."
+            )
         if self.engine == "hybrid" and self.algorithm not in HYBRID_ALGORITHMS:
             raise ConfigError(
                 f"algorithm {self.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "

@@ -47,15 +47,19 @@ class StagedClientData(tff.simulation.datasets.ClientData):
         self._manifest, self._split = manifest, split
         self._ids = manifest.client_ids(split)
         if not self._ids:
-            raise ClientDataError(f"split {split!r} of {manifest.root} has no clients. Got splits "
-                                  f"{manifest.splits}. Fix: pick one of them.")
+            raise ClientDataError(
+                f"split {split!r} of {manifest.root} has no clients. Got splits "
+                f"{manifest.splits}. Fix: pick one of them."
+            )
         x = manifest.x_feature
         self._x_name, self._y_name = x.name, manifest.schema.label
         if self._y_name is None:
-            raise ClientDataError(f"{manifest.root} ({manifest.kind}) has no label column; a ClientData of "
-                                  "labelled examples needs one.")
-        self._spec = collections.OrderedDict([(self._x_name, tf.TensorSpec(x.shape, tf.as_dtype(x.dtype))),
-                                              (self._y_name, tf.TensorSpec((), tf.int64))])
+            raise ClientDataError(
+                f"{manifest.root} ({manifest.kind}) has no label column; a ClientData of labelled examples needs one."
+            )
+        self._spec = collections.OrderedDict(
+            [(self._x_name, tf.TensorSpec(x.shape, tf.as_dtype(x.dtype))), (self._y_name, tf.TensorSpec((), tf.int64))]
+        )
         self._dataset_fn: Callable | None = None
 
     @property
@@ -71,8 +75,10 @@ class StagedClientData(tff.simulation.datasets.ClientData):
         try:
             examples = self._manifest.read_client(self._split, client_id)
         except shards.UnknownClientError as e:
-            raise ClientDataError(f"No client {client_id!r} in split {self._split!r} ({len(self._ids)} clients, "
-                                  f"e.g. {self._ids[:3]}). Fix: pick one of client_ids.") from e
+            raise ClientDataError(
+                f"No client {client_id!r} in split {self._split!r} ({len(self._ids)} clients, "
+                f"e.g. {self._ids[:3]}). Fix: pick one of client_ids."
+            ) from e
         return tf.data.Dataset.from_tensor_slices(self._element(examples.x, examples.y))
 
     @property
@@ -92,7 +98,8 @@ class StagedClientData(tff.simulation.datasets.ClientData):
             raise ClientDataError(
                 f"split {self._split!r} holds {x_bytes / 2**20:.0f} MiB of examples; a dataset_computation carries "
                 f"at most {MAX_EMBEDDED_BYTES >> 20} MiB in its graph. Fix: stage fewer clients (num_clients), or "
-                "feed datasets built in Python (create_tf_dataset_for_client) to the process's next.")
+                "feed datasets built in Python (create_tf_dataset_for_client) to the process's next."
+            )
         parts = [self._manifest.read_client(self._split, cid) for cid in self._ids]
         all_x, all_y = np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts])
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -113,8 +120,9 @@ class StagedClientData(tff.simulation.datasets.ClientData):
         return dataset_fn
 
 
-def model_input_preprocess(input_shape: tuple[int, ...], x_name: str, y_name: str, *, batch_size: int,
-                           local_epochs: int) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+def model_input_preprocess(
+    input_shape: tuple[int, ...], x_name: str, y_name: str, *, batch_size: int, local_epochs: int
+) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
     """The tutorial's ``preprocess_dataset``, for our models: elements renamed to ``x``/``y``, ``x`` as float32
     of ``input_shape`` (uint8 scaled to [0, 1], as the trainer does), ``local_epochs`` passes, batches of
     ``batch_size``. Deterministic: the tutorial's unseeded ``shuffle(5)`` would give each feeding path
@@ -143,15 +151,17 @@ def manual_composition(dataset_computation, process) -> tff.templates.IterativeP
     return tff.templates.IterativeProcess(initialize_fn=process.initialize, next_fn=next_from_ids)
 
 
-def three_ways(process, preprocessed: tff.simulation.datasets.ClientData, start_state,
-               cohorts: list[list[str]]) -> dict[str, float]:
+def three_ways(
+    process, preprocessed: tff.simulation.datasets.ClientData, start_state, cohorts: list[list[str]]
+) -> dict[str, float]:
     """Runs ``process`` from ``start_state`` over ``cohorts`` (client ids per round) three ways: datasets built
     in Python and passed to ``next``; client ids to ``compose_dataset_computation_with_learning_process``;
     client ids to :func:`manual_composition`. Returns the largest |difference| of any state value between
     the first and each other way after the last round, the examples each trained on, and whether the
     composed and manual processes have the same ``next`` result type (the tutorial's last cell)."""
     composed = tff.simulation.compose_dataset_computation_with_learning_process(
-        preprocessed.dataset_computation, process)
+        preprocessed.dataset_computation, process
+    )
     manual = manual_composition(preprocessed.dataset_computation, process)
     states = [start_state] * 3
     examples = [0, 0, 0]
@@ -172,9 +182,12 @@ def three_ways(process, preprocessed: tff.simulation.datasets.ClientData, start_
     return {
         "max_state_difference_composed": max_difference(leaves[1]),
         "max_state_difference_manual": max_difference(leaves[2]),
-        "examples_python_datasets": examples[0], "examples_composed": examples[1], "examples_manual": examples[2],
+        "examples_python_datasets": examples[0],
+        "examples_composed": examples[1],
+        "examples_manual": examples[2],
         "composed_and_manual_same_result_type": float(
-            str(composed.next.type_signature.result) == str(manual.next.type_signature.result)),
+            str(composed.next.type_signature.result) == str(manual.next.type_signature.result)
+        ),
     }
 
 

@@ -26,8 +26,9 @@ def test_the_staged_split_is_a_tff_client_data_serving_each_clients_own_examples
         assert len(examples) == len(expected.y) == 24
         np.testing.assert_array_equal(np.stack([e["pixels"] for e in examples]), expected.x)
         np.testing.assert_array_equal([e["label"] for e in examples], expected.y)
-    preprocessed = data.preprocess(client_data.model_input_preprocess((8, 8, 1), "pixels", "label", batch_size=10,
-                                                                      local_epochs=2))
+    preprocessed = data.preprocess(
+        client_data.model_input_preprocess((8, 8, 1), "pixels", "label", batch_size=10, local_epochs=2)
+    )
     assert str(preprocessed.dataset_computation.type_signature) == "(str -> <x=float32[?,8,8,1],y=int64[?]>*)"
     assert [len(b["y"]) for b in preprocessed.create_tf_dataset_for_client("c3")] == [10, 10, 10, 10, 8]
 
@@ -44,12 +45,22 @@ def test_an_unknown_client_or_a_split_too_large_for_a_graph_is_refused_with_the_
 
 
 def test_client_data_recipe_the_three_ways_of_feeding_data_give_the_same_state(make_run):
-    run = make_run("client_data", recipe="client_data", model="softmax", clients_per_round=3, local_epochs=1,
-                   batch_size=10, rounds=2, rounds_per_chunk=2)
+    run = make_run(
+        "client_data",
+        recipe="client_data",
+        model="softmax",
+        clients_per_round=3,
+        local_epochs=1,
+        batch_size=10,
+        rounds=2,
+        rounds_per_chunk=2,
+    )
     program.train_until_round(run.root, 2)  # the last chunk exports, which measures the recipe
     results = atomic.read_json(run.root / recipe_results.RESULTS_FILE)
     assert results["rounds_compared"] == 2 and results["client_data_clients"] == 6
     assert results["max_state_difference_composed"] <= 1e-6
     assert results["max_state_difference_manual"] <= 1e-6
-    assert results["examples_python_datasets"] == results["examples_composed"] == results["examples_manual"] == 2 * 3 * 24
+    assert (
+        results["examples_python_datasets"] == results["examples_composed"] == results["examples_manual"] == 2 * 3 * 24
+    )
     assert results["element_spec_matches"] == 1.0 and results["composed_and_manual_same_result_type"] == 1.0
