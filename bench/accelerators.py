@@ -7,7 +7,8 @@ e.g. client trainings, TFF's C++ runtime runs at once; 0 = TFF's default, no lim
 The tutorial's knob was ``clients_per_thread`` of TFF's old Python runtime; TFF 0.87 has only the C++
 runtime. Workload: digits-like 8x8x1 images, 10 classes, 20 clients of 50-90 examples, 16 per round, batch
 16, 1 local epoch, client SGD 0.01, server SGD 1.0 (the tutorial's), through the trainer's own round
-runner on the tff engine. Each setting runs ROUNDS rounds from the same seeded start in this process; the
+runner on the tff engine, and once on the hybrid engine (each client's training as one tf.function in
+the trainer process: the path that uses a GPU; --no-hybrid skips it). Each setting runs ROUNDS rounds from the same seeded start in this process; the
 first round (tracing) is reported apart from the median of the rest. The machine is shared: compare only
 numbers printed together, and read the load average printed with them.
 """
@@ -88,13 +89,13 @@ def make_run(root: Path, staged: Path, name: str, **overrides) -> Path:
     return run.root
 
 
-def time_rounds(exp) -> list[float]:
-    """Seconds of each of ROUNDS rounds on the tff engine from the seeded round-0 state."""
+def time_rounds(exp, engine: str = "tff") -> list[float]:
+    """Seconds of each of ROUNDS rounds on ``engine`` from the seeded round-0 state."""
     from trainer import program
 
     ids = exp.manifest.client_ids("train")
     clients = {cid: program.read_client(exp, "train", cid) for cid in ids}
-    runner = program.RoundRunner(exp, "tff", clients, {cid: i for i, cid in enumerate(ids)}, ids)
+    runner = program.RoundRunner(exp, engine, clients, {cid: i for i, cid in enumerate(ids)}, ids)
     state = program.initial_state(exp)
     times = []
     try:
@@ -110,7 +111,13 @@ def time_rounds(exp) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="vgg_small")
-    parser.add_argument("--calls", default="0,1,2,4", help="max_concurrent_computation_calls values")
+    parser.add_argument("--calls", default="0,1,2,4", help="max_concurrent_computation_calls values (tff engine)")
+    parser.add_argument(
+        "--hybrid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the hybrid engine (client work in the trainer process, on a GPU if seen)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -121,51 +128,51 @@ def main() -> None:
 
     lifecycle.install()
     gpus = program.gpu_names()
-    device = (
-        f"{os.cpu_count()} CPU cores (TFF's worker_binary computes on the CPU"
-        f"{'; GPUs seen by TensorFlow: ' + ', '.join(gpus) if gpus else '; no GPU'})"
-    )
+    device = f"{os.cpu_count()} CPU cores, {'GPUs: ' + ', '.join(gpus) if gpus else 'no GPU'}"
     load_before = os.getloadavg()
+    settings = [("tff", int(v)) for v in args.calls.split(",")] + ([("hybrid", 0)] if args.hybrid else [])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         staged = stage(root)
         for model in args.models.split(","):
-            for calls in (int(v) for v in args.calls.split(",")):
+            for engine, calls in settings:
                 # Every setting gets a fresh context (0: TFF's default, as at import).
                 tff.backends.native.set_sync_local_cpp_execution_context(max_concurrent_computation_calls=calls or -1)
-                exp = program.load_experiment(make_run(root, staged, f"{model}_{calls}", model=model))
+                exp = program.load_experiment(make_run(root, staged, f"{model}_{engine}_{calls}", model=model))
                 params = int(sum(np.prod(v.shape) for v in exp.eval_model.trainable_weights))
-                times = time_rounds(exp)
+                times = time_rounds(exp, engine)
                 results.append(
                     {
                         "model": model,
                         "parameters": params,
+                        "engine": engine,
                         "max_concurrent_computation_calls": calls,
                         "first_round_s": times[0],
                         "s_per_round": statistics.median(times[1:]),
                         "clients_per_round": CLIENTS_PER_ROUND,
                     }
                 )
-                print(f"  done {model} calls={calls}: {results[-1]['s_per_round']:.2f} s/round", flush=True)
+                print(f"  done {model} {engine} calls={calls}: {results[-1]['s_per_round']:.2f} s/round", flush=True)
     load_after = os.getloadavg()
     print(
-        f"\nSeconds per round, {CLIENTS_PER_ROUND} clients per round, 8x8x1 inputs, tff engine (median of rounds "
-        f"2-{ROUNDS}; round 1 in brackets). Device: {device}. TensorFlow {tf.__version__}, TFF {tff.__version__}. "
-        f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after."
+        f"\nSeconds per round, {CLIENTS_PER_ROUND} clients per round, 8x8x1 inputs (median of rounds 2-{ROUNDS}; "
+        f"round 1 in brackets). Device: {device}; the tff engine computes in TFF's CPU-only worker_binary, the "
+        f"hybrid in the trainer process. TensorFlow {tf.__version__}, TFF {tff.__version__}. Load average (1 min) "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after."
     )
-    print(f"{'model':>10} {'parameters':>11} {'max_concurrent_computation_calls':>33} {'s/round':>16}")
+    print(f"{'model':>10} {'parameters':>11} {'engine':>7} {'max_concurrent_computation_calls':>33} {'s/round':>16}")
     for r in results:
         calls = r["max_concurrent_computation_calls"] or "0 (no limit)"
+        if r["engine"] == "hybrid":
+            calls = "- (client work in-process)"
         print(
-            f"{r['model']:>10} {r['parameters']:>11,} {calls!s:>33} "
+            f"{r['model']:>10} {r['parameters']:>11,} {r['engine']:>7} {calls!s:>33} "
             f"{r['s_per_round']:>7.2f} ({r['first_round_s']:6.2f})"
         )
     if args.json:
-        args.json.write_text(
-            json.dumps({"device": device, "load_average": [load_before, load_after], "results": results}, indent=2)
-            + "\n"
-        )
+        record = {"device": device, "load_average": [load_before, load_after], "results": results}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@ the working_with_client_data tutorial's three ways of feeding a process give the
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
-from tasks import atomic, shards
+from tasks import atomic, shards, stage
+from tasks.config import ExperimentConfig
 from trainer import client_data, program, recipe_results
 
 
@@ -64,3 +68,42 @@ def test_client_data_recipe_the_three_ways_of_feeding_data_give_the_same_state(m
         results["examples_python_datasets"] == results["examples_composed"] == results["examples_manual"] == 2 * 3 * 24
     )
     assert results["element_spec_matches"] == 1.0 and results["composed_and_manual_same_result_type"] == 1.0
+
+
+def test_tffs_own_sqlite_file_staged_gives_its_writers_as_clients_with_tffs_examples(tmp_path, monkeypatch):
+    """A user with emnist_all.sqlite: the staged ClientData has the file's writers, each with the examples
+    TFF's own SqlClientData gives that writer (a small file written by TFF in the same format)."""
+    monkeypatch.setenv("FEDFLOW_DATA_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    writers = {
+        f"f{i:04d}_{i}": (rng.random((6 + i, 28, 28), dtype=np.float32), rng.integers(0, 10, 6 + i)) for i in range(5)
+    }
+    path = tmp_path / "emnist_like.sqlite"
+
+    def dataset_fn(cid):
+        pixels, labels = writers[cid]
+        return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(pixels=pixels, label=labels))
+
+    splits = {cid: "digits_only_train" if i < 3 else "digits_only_test" for i, cid in enumerate(writers)}
+    tff.simulation.datasets.save_to_sql_client_data(
+        list(writers), dataset_fn, str(path), split_names_by_client_id=splits
+    )
+    manifest = stage.stage_dataset(
+        ExperimentConfig(
+            dataset="tff_sqlite", source_path=str(path), num_clients=3, clients_per_round=2, min_examples_per_client=5
+        )
+    ).manifest
+    ours = client_data.StagedClientData(manifest, "train")
+    theirs = tff.simulation.datasets.load_and_parse_sql_client_data(
+        str(path),
+        element_spec=collections.OrderedDict(
+            pixels=tf.TensorSpec((28, 28), tf.float32), label=tf.TensorSpec((), tf.int64)
+        ),
+    )
+
+    assert sorted(ours.client_ids) == ["f0000_0", "f0001_1", "f0002_2"]  # the file's writers, not a partition
+    for cid in ours.client_ids:
+        mine = list(ours.dataset_computation(cid))  # the computation, run by TFF's runtime
+        tffs = next(iter(theirs.create_tf_dataset_for_client(cid).batch(100)))
+        np.testing.assert_array_equal(np.stack([e["pixels"] for e in mine]), tffs["pixels"])
+        np.testing.assert_array_equal([e["label"] for e in mine], tffs["label"])
