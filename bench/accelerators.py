@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -127,6 +128,9 @@ def main() -> None:
     from trainer import lifecycle, program
 
     lifecycle.install()
+    # Switching contexts ends the previous worker_binary with SIGINT and waits for it; a worker started from a
+    # background shell inherits SIGINT ignored and would never exit. Workers started from here get SIGINT back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     gpus = program.gpu_names()
     device = f"{os.cpu_count()} CPU cores, {'GPUs: ' + ', '.join(gpus) if gpus else 'no GPU'}"
     load_before = os.getloadavg()
