@@ -45,6 +45,11 @@ class StagedClientData(tff.simulation.datasets.ClientData):
 
     def __init__(self, manifest: shards.Manifest, split: str = "train") -> None:
         self._manifest, self._split = manifest, split
+        if manifest.kind not in ("image", "vector") or manifest.schema.label is None:
+            raise ClientDataError(
+                f"A StagedClientData serves labelled images or vectors; {manifest.root} holds {manifest.kind} data. "
+                "Fix: stage an image or vector data set (text and ratings train through their own recipes)."
+            )
         self._ids = manifest.client_ids(split)
         if not self._ids:
             raise ClientDataError(
@@ -53,10 +58,6 @@ class StagedClientData(tff.simulation.datasets.ClientData):
             )
         x = manifest.x_feature
         self._x_name, self._y_name = x.name, manifest.schema.label
-        if self._y_name is None:
-            raise ClientDataError(
-                f"{manifest.root} ({manifest.kind}) has no label column; a ClientData of labelled examples needs one."
-            )
         self._spec = collections.OrderedDict(
             [(self._x_name, tf.TensorSpec(x.shape, tf.as_dtype(x.dtype))), (self._y_name, tf.TensorSpec((), tf.int64))]
         )

@@ -37,8 +37,20 @@ def test_the_staged_split_is_a_tff_client_data_serving_each_clients_own_examples
     assert [len(b["y"]) for b in preprocessed.create_tf_dataset_for_client("c3")] == [10, 10, 10, 10, 8]
 
 
-def test_an_unknown_client_or_a_split_too_large_for_a_graph_is_refused_with_the_fix(staged, monkeypatch):
+def test_an_unknown_client_text_data_or_a_split_too_large_for_a_graph_is_refused_with_the_fix(
+    staged, tmp_path, monkeypatch
+):
     data = client_data.StagedClientData(shards.Manifest.read(staged), "train")
+    text = tmp_path / "text"
+    text.mkdir()
+    shards.write_dataset(
+        text,
+        {"train": [shards.Client("role", {"snippets": np.array(["To be", "or not"], dtype=object)})]},
+        shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets"),
+        metadata={"dataset": "plays", "fingerprint": "plays", "settings": {}, "source": {}},
+    )
+    with pytest.raises(client_data.ClientDataError, match=r"labelled images or vectors; .* holds text data.*Fix"):
+        client_data.StagedClientData(shards.Manifest.read(text), "train")
     with pytest.raises(client_data.ClientDataError, match=r"No client 'c99' in split 'train'.*Fix: pick one"):
         data.create_tf_dataset_for_client("c99")
     with pytest.raises(client_data.ClientDataError, match=r"split 'validation' .* has no clients.*Fix"):
