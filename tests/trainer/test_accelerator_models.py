@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from tasks import metrics_log
@@ -31,10 +32,13 @@ def test_accelerators_recipe_one_round_of_the_small_vgg_under_a_concurrency_limi
         max_concurrent_computation_calls=2,
     )
     before = context_stack_impl.context_stack.current
-    exp = program.load_experiment(run.root)
-    assert context_stack_impl.context_stack.current is not before  # the limited C++ context is in place
-    program._train(exp, 1)  # one round on this experiment: no second trace of the VGG, no SavedModel export
-    results = recipe_results.MEASUREMENTS["accelerators"](exp)
+    try:
+        exp = program.load_experiment(run.root)
+        assert context_stack_impl.context_stack.current is not before  # the limited C++ context is in place
+        program._train(exp, 1)  # one round on this experiment: no second trace of the VGG, no SavedModel export
+        results = recipe_results.MEASUREMENTS["accelerators"](exp)
+    finally:  # later tests in this session get TFF's default context back
+        tff.backends.native.set_sync_local_cpp_execution_context()
     assert results["vgg_small_parameters"] == results["vgg_small_parameters_28x28"] == 2_731_082
     assert results["vgg_large_parameters"] == results["vgg_large_parameters_28x28"] == 5_827_658
     (row,) = metrics_log.read_rows(run.metrics)
