@@ -19,6 +19,7 @@ help:
 	@echo "make test        the whole test suite (CI runs exactly this)"
 	@echo "make bench       TFF round vs plain Keras, and the cost of a chunk boundary (bench/)"
 	@echo "make bench-engines  s/round of the tff vs the hybrid engine, cohort in one call vs per client (bench/)"
+	@echo "make bench-accelerators  s/round of the tutorial's VGG-like CNN by max_concurrent_computation_calls (bench/)"
 	@echo "make bench-data  staging throughput, one-client reads vs h5, staging memory, Parquet layouts (bench/)"
 	@echo "make airflow-ui  Airflow (standalone) on http://127.0.0.1:8080"
 	@echo "make mlflow-ui   MLflow UI on http://127.0.0.1:5000"
@@ -131,6 +132,10 @@ bench: envs
 
 bench-engines: envs
 	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/engines.py
+
+.PHONY: bench-accelerators
+bench-accelerators: envs
+	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/accelerators.py
 
 bench-data: .venv/.fedflow-stamp
 	PYTHONPATH=$(ROOT) .venv/bin/python bench/stage_throughput.py

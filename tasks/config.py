@@ -27,7 +27,7 @@ PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
 DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
 PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
 SPLITS = ("auto", "central", "within_client", "by_client", "source")
-MODELS = ("cnn", "mlp", "softmax", "matrix_factorization", "char_gru")
+MODELS = ("cnn", "mlp", "softmax", "matrix_factorization", "char_gru", "vgg_small", "vgg_large")
 # Models of text data (next-character prediction; trainer/text.py), trained on the 'tff' engine.
 TEXT_MODELS = ("char_gru",)
 # A model in MLflow's registry by alias: the warm start of a run (and where its pretraining registers).
@@ -179,7 +179,8 @@ class ExperimentConfig:
         description="'cnn': two conv layers + dense; 'mlp': one hidden dense layer; 'softmax': zero-initialised "
         "softmax regression (TFF's image-classification tutorial); 'matrix_factorization': item embeddings on the "
         "server, one user embedding kept on each client (algorithm fed_recon, dataset movielens); 'char_gru': the "
-        "text-generation tutorial's character GRU (text data; width rnn_units).",
+        "text-generation tutorial's character GRU (text data; width rnn_units); 'vgg_small' / 'vgg_large': the "
+        "VGG-like CNNs of TFF's simulations-with-accelerators tutorial (2,731,082 / 5,827,658 parameters).",
     )
     rnn_units: int = _field(
         1024, section="Model", title="GRU units", minimum=1, maximum=4096,
@@ -291,6 +292,11 @@ class ExperimentConfig:
     embedding_dim: int = _field(
         50, section="Model", title="Embedding size", minimum=1, maximum=1024,
         description="matrix_factorization: latent factors of the user and item embeddings (50 in the tutorial).",
+    )
+    max_concurrent_computation_calls: int = _field(
+        0, section="Algorithm", title="TFF concurrent computation calls", minimum=0, maximum=1024,
+        description="TFF's local C++ runtime runs at most this many calls of one computation at once (e.g. "
+        "clients training in parallel); 0 = TFF's default (no limit). The accelerators recipe sweeps it.",
     )
     # -- aggregation and privacy -------------------------------------------------------------
     aggregator: str = _field(
@@ -433,6 +439,12 @@ class ExperimentConfig:
         if self.corrupt_clients:
             self._check_corruption()
         self._check_optimizer_and_calibration()
+        if self.max_concurrent_computation_calls and self.aggregator == "secure":
+            raise ConfigError(
+                "max_concurrent_computation_calls sets TFF's local C++ runtime, but aggregator 'secure' runs in "
+                f"TFF's test runtime. Got max_concurrent_computation_calls={self.max_concurrent_computation_calls}. "
+                "Fix: max_concurrent_computation_calls=0, or another aggregator."
+            )
         if self.engine == "hybrid" and self.algorithm not in HYBRID_ALGORITHMS:
             raise ConfigError(
                 f"algorithm {self.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "

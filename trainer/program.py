@@ -86,6 +86,9 @@ def load_experiment(run_dir: Path) -> Experiment | reconstruction.ReconExperimen
         # The local C++ runtime cannot run secure-sum intrinsics; TFF's test context replaces them with
         # their plain bodies (same bit-width quantisation and modular sums, no cryptography).
         tff.backends.test.set_sync_test_cpp_execution_context()
+    elif cfg.max_concurrent_computation_calls:  # 0: the context TFF set at import (no limit)
+        tff.backends.native.set_sync_local_cpp_execution_context(
+            max_concurrent_computation_calls=cfg.max_concurrent_computation_calls)
     # TFF traces model_fn while building the process; build it before any other Keras model.
     model_fn = models.tff_model_fn(cfg.model, input_shape, num_classes, rnn_units=cfg.rnn_units)
     process = algorithms.build_learning_process(cfg, model_fn)

@@ -188,12 +188,53 @@ def text_generation(exp) -> dict[str, float]:
     return measurement.measure(exp)
 
 
+def client_data(exp) -> dict[str, float]:
+    """Working with ClientData: the staged train split as a ``tff.simulation.datasets.ClientData``, and the
+    run's rounds (same sampled clients, from the run's round-0 weights) fed the tutorial's three ways."""
+    from trainer import client_data as staged  # noqa: PLC0415
+    from trainer import program  # noqa: PLC0415 - program imports this module
+
+    cfg = exp.cfg
+    data = staged.StagedClientData(exp.manifest, "train")
+    spec_matches = data.create_tf_dataset_for_client(data.client_ids[0]).element_spec == data.element_type_structure
+    x_name, y_name = data.element_type_structure
+    preprocessed = data.preprocess(staged.model_input_preprocess(
+        program.model_input_shape(exp.manifest), x_name, y_name, batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs))
+    log.info("dataset_computation: %s; preprocessed: %s", data.dataset_computation.type_signature,
+             preprocessed.dataset_computation.type_signature)
+    ids = exp.manifest.client_ids("train")
+    training_ids = ids[: len(ids) - cfg.heldout_clients]
+    cohorts = [c for r in range(1, cfg.rounds + 1) if (c := program.sample_clients(cfg, r, training_ids))]
+    results = staged.three_ways(exp.process, preprocessed, program.initial_state(exp), cohorts)
+    return {**results, "element_spec_matches": float(spec_matches), "client_data_clients": len(data.client_ids),
+            "rounds_compared": len(cohorts)}
+
+
+def accelerators(exp) -> dict[str, float]:
+    """Simulations with accelerators: the tutorial's VGG-like models' parameter counts (10 classes) at the
+    run's input size and at EMNIST's 28x28x1, and this run's seconds per round (after the first, which
+    traces the computation) under its max_concurrent_computation_calls."""
+    from trainer import models, program  # noqa: PLC0415 - program imports this module
+
+    shapes = {"": program.model_input_shape(exp.manifest), "_28x28": (28, 28, 1)}
+    counts = {f"{name}_parameters{suffix}": models.build_keras_model(name, shape, 10).count_params()
+              for name in models.VGG_BLOCKS for suffix, shape in shapes.items()}
+    rows = metrics_log.read_rows(exp.paths.metrics)
+    timed = [r["round_seconds"] for r in rows if r["round"] > 1] or [r["round_seconds"] for r in rows]
+    return {**counts, "seconds_per_round": float(np.mean(timed)), "first_round_seconds": rows[0]["round_seconds"],
+            "rounds_timed": len(timed), "clients_per_round": exp.cfg.clients_per_round,
+            "max_concurrent_computation_calls": exp.cfg.max_concurrent_computation_calls}
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
                                      "reconstruction": reconstruction,
                                      "recommended_aggregators": recommended_aggregators,
-                                     "text_generation": text_generation}
+                                     "text_generation": text_generation,
+                                     "client_data": client_data,
+                                     "accelerators": accelerators}
 
 
 def measure(exp) -> dict[str, float] | None:
