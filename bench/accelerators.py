@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import tempfile
 import time
@@ -127,10 +126,7 @@ def main() -> None:
 
     from trainer import lifecycle, program
 
-    lifecycle.install()
-    # Switching contexts ends the previous worker_binary with SIGINT and waits for it; a worker started from a
-    # background shell inherits SIGINT ignored and would never exit. Workers started from here get SIGINT back.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    lifecycle.install()  # also gives workers SIGINT back: switching contexts ends the previous one with it
     gpus = program.gpu_names()
     device = f"{os.cpu_count()} CPU cores, {'GPUs: ' + ', '.join(gpus) if gpus else 'no GPU'}"
     load_before = os.getloadavg()

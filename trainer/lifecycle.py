@@ -47,6 +47,16 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signatu
 def install() -> None:
     atexit.register(reap_children)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    restore_sigint()
+
+
+def restore_sigint() -> None:
+    """Gives SIGINT back its default meaning when this process inherited it ignored (as every command started
+    with ``&`` from a non-interactive shell does). TFF ends a worker_binary with SIGINT when its execution
+    context is replaced, and waits for it: a worker that inherited SIGINT ignored never exits, and the wait
+    hangs. The handler installed here is reset to the default in each child at exec, unlike "ignored"."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def maybe_inject_fault(round_num: int) -> None:

@@ -12,8 +12,13 @@ from tasks import atomic, shards
 from tasks.checkpoints import CheckpointStore
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
+from trainer import lifecycle
 
 NUM_CLASSES = 4
+
+# A test session started with `&` (CI run in the background) inherits SIGINT ignored, and so would the
+# worker_binaries it starts; replacing TFF's context (secure aggregator, concurrency tests) would then wait forever.
+lifecycle.restore_sigint()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001 - pytest hook signature
