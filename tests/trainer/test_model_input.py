@@ -33,10 +33,21 @@ def test_vectors_keep_their_shape(tmp_path):
     assert program.model_input_shape(m) == (5,)
 
 
-def test_text_data_is_refused_by_the_classifier_engine(tmp_path):
-    schema = shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets")
-    shards.write_dataset(tmp_path, {"train": [shards.Client("c0", {"snippets": ["a line"]})]}, schema,
-                         metadata={"fingerprint": "t"})
+def test_text_becomes_character_sequences_and_ratings_are_refused_by_the_classifier_engine(tmp_path):
+    """Text trains the character GRU (trainer/text.py); ratings train only through fed_recon's own loop."""
+    from trainer import text
 
-    with pytest.raises(program.Error, match="holds text data"):
-        program.model_input_shape(shards.Manifest.read(tmp_path))
+    (tmp_path / "text").mkdir()
+    (tmp_path / "ratings").mkdir()
+    schema = shards.Schema("text", (shards.Column("snippets", "string"),), x="snippets")
+    shards.write_dataset(tmp_path / "text", {"train": [shards.Client("c0", {"snippets": ["a line"]})]}, schema,
+                         metadata={"fingerprint": "t"})
+    manifest = shards.Manifest.read(tmp_path / "text")
+    assert program.model_input_shape(manifest) == (text.SEQ_LENGTH,)
+    assert program.model_num_classes(manifest) == text.VOCAB_SIZE
+
+    ratings = shards.Schema("ratings", (shards.Column("item_id", "int64"), shards.Column("rating", "float32")))
+    shards.write_dataset(tmp_path / "ratings", {"train": [shards.Client("u0", {"item_id": [1], "rating": [4.0]})]},
+                         ratings, metadata={"fingerprint": "r"})
+    with pytest.raises(program.Error, match="holds ratings data"):
+        program.model_input_shape(shards.Manifest.read(tmp_path / "ratings"))
