@@ -232,10 +232,10 @@ def _check_names(path: Path, key: str, values: Mapping[str, Any]) -> None:
 
 
 def _check_schedule(path: Path, schedule: Any) -> None:
-    from croniter import croniter  # what Airflow's cron timetables use (a dependency of Airflow)
-
     if schedule is None or schedule in SCHEDULE_PRESETS:
         return
+    from croniter import croniter  # what Airflow's cron timetables use (a dependency of Airflow)
+
     if not isinstance(schedule, str) or len(schedule.split()) != 5 or not croniter.is_valid(schedule):
         raise SweepFileError(f"{path}: schedule must be null, one of {list(SCHEDULE_PRESETS)} or a 5-field cron "
                              f"expression such as '0 3 * * *'. Got {schedule!r}.")
