@@ -12,7 +12,8 @@ import pendulum
 from airflow.sdk import Asset, AssetAlias, BaseOperatorLink, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from tasks.config import MAX_CHUNKS, param_schemas
+from tasks.config import MAX_CHUNKS
+from tasks.config_schema import param_schemas
 
 CHUNK_TIMEOUT = timedelta(hours=24)  # the config's chunk_timeout_minutes is enforced inside the task
 

@@ -82,7 +82,7 @@ def test_an_experiment_triggered_from_the_form_succeeds_and_links_to_its_mlflow_
         expect(submit).to_be_enabled(timeout=10_000)
     if not submit.is_enabled():
         dialog.screenshot(path=artifacts / "airflow-trigger-form-disabled.png")
-        from tasks.config import param_schemas
+        from tasks.config_schema import param_schemas
 
         empty = [n for n, p in param_schemas().items() if p["default"] == "" and "null" not in p["type"]]
         pytest.fail("The trigger form keeps Trigger disabled. Airflow's form treats an empty string as a missing "

@@ -4,8 +4,9 @@ import re
 import jsonschema
 import pytest
 
-from tasks import config as config_module
-from tasks.config import MAX_CHUNKS, ConfigError, ExperimentConfig, param_schemas
+from tasks import config_checks
+from tasks.config import MAX_CHUNKS, ConfigError, ExperimentConfig
+from tasks.config_schema import param_schemas
 
 # (field, bad value): each must be rejected by ExperimentConfig and by the field's JSON schema.
 BAD_VALUES = [
@@ -215,7 +216,7 @@ def test_the_engine_is_tff_or_hybrid_and_the_hybrid_refuses_an_algorithm_it_does
     assert ExperimentConfig().engine == "tff"
     with pytest.raises(ConfigError, match=r"engine must be one of \['tff', 'hybrid'\]"):
         ExperimentConfig(engine="gpu")
-    monkeypatch.setattr(config_module, "HYBRID_ALGORITHMS", ("fedavg",))
+    monkeypatch.setattr(config_checks, "HYBRID_ALGORITHMS", ("fedavg",))
     with pytest.raises(ConfigError, match="runs on the 'tff' engine only.*Fix: engine='tff'"):
         ExperimentConfig(engine="hybrid", algorithm="fedprox")
     assert ExperimentConfig(engine="hybrid").engine == "hybrid"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tasks import recipes
-from tasks.config import ConfigError, ExperimentConfig, param_schemas
+from tasks.config import ConfigError, ExperimentConfig
+from tasks.config_schema import param_schemas
 
 CLIPPING = "trainer.tutorial_algorithms:fedavg_with_gradient_clipping"
 
