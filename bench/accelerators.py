@@ -20,9 +20,9 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+import engines  # bench/engines.py: the same round timing (bench/ is the script's directory on sys.path)
 import numpy as np
 
 ROUNDS = 3
@@ -89,25 +89,6 @@ def make_run(root: Path, staged: Path, name: str, **overrides) -> Path:
     return run.root
 
 
-def time_rounds(exp, engine: str = "tff") -> list[float]:
-    """Seconds of each of ROUNDS rounds on ``engine`` from the seeded round-0 state."""
-    from trainer import program
-
-    ids = exp.manifest.client_ids("train")
-    clients = {cid: program.read_client(exp, "train", cid) for cid in ids}
-    runner = program.RoundRunner(exp, engine, clients, {cid: i for i, cid in enumerate(ids)}, ids)
-    state = program.initial_state(exp)
-    times = []
-    try:
-        for round_num in range(1, ROUNDS + 1):
-            start = time.perf_counter()
-            state, _ = runner.next(state, round_num, ROUNDS)
-            times.append(time.perf_counter() - start)
-    finally:
-        runner.close()
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="vgg_small")
@@ -141,7 +122,7 @@ def main() -> None:
                 tff.backends.native.set_sync_local_cpp_execution_context(max_concurrent_computation_calls=calls or -1)
                 exp = program.load_experiment(make_run(root, staged, f"{model}_{engine}_{calls}", model=model))
                 params = int(sum(np.prod(v.shape) for v in exp.eval_model.trainable_weights))
-                times = time_rounds(exp, engine)
+                times = engines.round_times(exp, engine, ROUNDS)
                 results.append(
                     {
                         "model": model,

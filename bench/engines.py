@@ -92,8 +92,9 @@ def gpu_utilisation(samples: list[float]):
         samples.extend(float(line.split(",")[0]) for line in out.splitlines() if line.strip()[:1].isdigit())
 
 
-def time_engine(exp, engine: str, lock_step: bool | None = None) -> tuple[float, float]:
-    """(first round s, median s of the other rounds) for ``engine`` from the seeded round-0 state."""
+def round_times(exp, engine: str, rounds: int, lock_step: bool | None = None) -> list[float]:
+    """Seconds of each of ``rounds`` rounds on ``engine`` from the seeded round-0 state (the trainer's own
+    round runner; bench/accelerators.py uses it too)."""
     from trainer import program
 
     ids = exp.manifest.client_ids("train")
@@ -103,12 +104,18 @@ def time_engine(exp, engine: str, lock_step: bool | None = None) -> tuple[float,
     state = program.initial_state(exp)
     times = []
     try:
-        for round_num in range(1, ROUNDS + 1):
+        for round_num in range(1, rounds + 1):
             start = time.perf_counter()
-            state, _ = runner.next(state, round_num, ROUNDS)
+            state, _ = runner.next(state, round_num, rounds)
             times.append(time.perf_counter() - start)
     finally:
         runner.close()
+    return times
+
+
+def time_engine(exp, engine: str, lock_step: bool | None = None) -> tuple[float, float]:
+    """(first round s, median s of the other rounds) for ``engine`` from the seeded round-0 state."""
+    times = round_times(exp, engine, ROUNDS, lock_step)
     return times[0], statistics.median(times[1:])
 
 
