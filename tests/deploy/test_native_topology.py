@@ -80,6 +80,11 @@ def received_by(stack, worker: str) -> set[str]:
     return set(_RECEIVED.findall((stack.home / "logs" / "servers" / f"{worker}.log").read_text(errors="replace")))
 
 
+def on_gpu_queue_task(task_id: str) -> bool:
+    """The training chunks, and warm_start (it pretrains when a warm start's model is missing)."""
+    return task_id.startswith("train_chunk_") or task_id == "warm_start"
+
+
 def test_two_concurrent_runs_train_on_the_gpu_worker_one_chunk_at_a_time_tracked_in_postgres(celery_stack):
     stack = celery_stack
     api = stack.api()
@@ -107,9 +112,10 @@ def test_two_concurrent_runs_train_on_the_gpu_worker_one_chunk_at_a_time_tracked
     # FEDFLOW_WORKER_ROLE of the worker that ran it.
     executed = [ti for r in run_ids for ti in tis[r] if ti["try_number"] >= 1 and ti["start_date"]]
     chunks = [ti for ti in executed if ti["task_id"].startswith("train_chunk_")]
-    others = [ti for ti in executed if not ti["task_id"].startswith("train_chunk_")]
+    on_gpu_queue = [ti for ti in executed if on_gpu_queue_task(ti["task_id"])]  # the chunks and warm_start
+    others = [ti for ti in executed if not on_gpu_queue_task(ti["task_id"])]
     assert all(ti["queue"] == "gpu" and ti["pool"] == "gpu" for r in run_ids for ti in tis[r]
-               if ti["task_id"].startswith("train_chunk_"))
+               if on_gpu_queue_task(ti["task_id"]))
     assert all(ti["queue"] == "default" for ti in others)
     chunks_per_run = EXPERIMENT["rounds"] // EXPERIMENT["rounds_per_chunk"]
     for r in run_ids:
@@ -127,7 +133,7 @@ def test_two_concurrent_runs_train_on_the_gpu_worker_one_chunk_at_a_time_tracked
                     "WHERE dag_id = %s AND run_id = ANY(%s) AND try_number >= 1", (DAG_ID, run_ids))
         celery_ids = {(run_id, task_id): celery_id for run_id, task_id, celery_id in cur.fetchall()}
     on_gpu, on_default = received_by(stack, "worker-gpu"), received_by(stack, "worker-default")
-    assert on_gpu == {celery_ids[ti["dag_run_id"], ti["task_id"]] for ti in chunks}
+    assert on_gpu == {celery_ids[ti["dag_run_id"], ti["task_id"]] for ti in on_gpu_queue}
     assert on_default == {celery_ids[ti["dag_run_id"], ti["task_id"]] for ti in others}
 
     # Both workers carry this host's name; their FEDFLOW_WORKER_ROLE (seen above from inside the tasks:
