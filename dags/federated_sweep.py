@@ -130,9 +130,11 @@ def build_sweep_dag(path: Path, *, recipe: bool = False):
 
         @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=30))
         def compare() -> dict:
+            from tasks import sweep_compare
+
             ctx = get_current_context()
             try:
-                return sweep.compare(dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"])
+                return sweep_compare.compare(dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"])
             except sweep.Error as e:  # points failed (after the comparison was logged), or no plan
                 raise AirflowFailException(str(e)) from e
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import atomic, metrics_log, steps, sweep, tracking
+from tasks import atomic, metrics_log, steps, sweep, sweep_compare, tracking
 from tasks.paths import RunPaths
 from tests.conftest import ROOT
 
@@ -209,7 +209,7 @@ def test_compare_tabulates_every_point_names_the_champion_and_fails_after_loggin
     finish_point(points[3], accuracy=None)
     with pytest.raises(sweep.PointsFailedError, match=r"1 of 4 grid points failed .*p03 \(noise_multiplier=0.2, "
                        r"compression_bits=4\): TrainerError: chunk 0 exited with 1"):
-        sweep.compare(dag_id="sweep_unit", run_id="manual__3")
+        sweep_compare.compare(dag_id="sweep_unit", run_id="manual__3")
 
     out = Path(points[0]["sweep_dir"]) / "comparison"
     rows = list(csv.DictReader((out / "comparison.csv").open()))
@@ -245,7 +245,7 @@ def test_a_sweep_whose_points_all_finish_closes_its_parent_run_finished(tmp_path
     points = sweep.plan(write(tmp_path, GOOD), dag_id="sweep_unit", run_id="manual__4", max_points=2)
     finish_point(points[0], accuracy=0.9, epsilon=float("inf"))
     finish_point(points[1], accuracy=0.6, epsilon=float("inf"))
-    result = sweep.compare(dag_id="sweep_unit", run_id="manual__4")
+    result = sweep_compare.compare(dag_id="sweep_unit", run_id="manual__4")
     assert result["failed"] == 0 and result["champion"]["point"] == "p00"
     assert store.get_run(points[0]["parent_run_id"]).info.status == "FINISHED"
 
@@ -254,12 +254,12 @@ def test_a_point_whose_task_never_reported_is_listed_as_failed(tmp_path, store):
     points = sweep.plan(write(tmp_path, GOOD), dag_id="sweep_unit", run_id="manual__5", max_points=2)
     finish_point(points[0], accuracy=0.9)
     with pytest.raises(sweep.PointsFailedError, match="p01 .*no result: the task did not finish"):
-        sweep.compare(dag_id="sweep_unit", run_id="manual__5")
+        sweep_compare.compare(dag_id="sweep_unit", run_id="manual__5")
 
 
 def test_compare_without_a_plan_says_the_plan_failed(store):
     with pytest.raises(sweep.Error, match="the plan task failed"):
-        sweep.compare(dag_id="sweep_unit", run_id="never-planned")
+        sweep_compare.compare(dag_id="sweep_unit", run_id="never-planned")
 
 
 def test_a_failed_point_marks_its_own_run_failed_and_leaves_the_parent_running(tmp_path, store):
@@ -277,5 +277,5 @@ def test_plots_group_points_into_lines_and_skip_epsilon_without_dp(tmp_path):
     rows = [{"point": f"p0{i}", "status": "succeeded", "final_test_accuracy": 0.5 + i / 10, "epsilon": None,
              "bits_per_parameter": bits, "compression_bits": bits, "seed": seed}
             for i, (bits, seed) in enumerate([(8, 0), (4, 0), (8, 1)])]
-    written = sweep.render_plots(rows, ["compression_bits", "seed"], tmp_path, title="t", champion=rows[2])
+    written = sweep_compare.render_plots(rows, ["compression_bits", "seed"], tmp_path, title="t", champion=rows[2])
     assert written == [tmp_path / "accuracy_vs_bits.png"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import atomic, metrics_log, privacy, recipes, reference, steps, sweep, tracking
+from tasks import atomic, metrics_log, privacy, recipes, reference, steps, sweep, sweep_compare, tracking
 from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
 
@@ -208,7 +208,7 @@ def test_the_comparison_of_a_cases_sweep_lists_every_swept_field_and_plots_curve
     points = sweep.plan(write(tmp_path, BASE + CASES), dag_id="sweep_cases", run_id="manual__1")
     for point, accuracy in zip(points, (0.7, 0.8, 0.75), strict=True):
         finish(point, [2.0, 1.5, 1.0 + point["index"] / 10], accuracy)
-    result = sweep.compare(dag_id="sweep_cases", run_id="manual__1")
+    result = sweep_compare.compare(dag_id="sweep_cases", run_id="manual__1")
     assert result["champion"]["label"] == "algorithm=fedavg, server_learning_rate=0.05, server_momentum=0.9"
     out = Path(points[0]["sweep_dir"]) / "comparison"
     rows = list(csv.DictReader((out / "comparison.csv").open()))
