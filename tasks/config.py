@@ -425,27 +425,8 @@ class ExperimentConfig:
         return sorted({p.strip() for p in self.pretrain_plays.split(",") if p.strip()})
 
     def check_trainable(self) -> None:
-        """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind
-        (known before staging for the named data sets; path sources are checked after staging)."""
-        kind = DATASET_KINDS.get(self.dataset)
-        if self.algorithm == RECONSTRUCTION["algorithm"]:  # __post_init__ checked that it has movielens
-            return
-        if self.model in TEXT_MODELS or kind == "text":
-            if self.model not in TEXT_MODELS or kind != "text":
-                raise ConfigError(
-                    f"model {self.model!r} does not fit dataset {self.dataset!r} ({kind or 'path'} data): "
-                    f"text data trains the text models {list(TEXT_MODELS)}, and they train on text only. "
-                    "Fix: model='char_gru' with dataset='shakespeare' (recipe text_generation), or stage and validate "
-                    "only with the federated_data DAG."
-                )
-            return
-        if kind in ("text", "ratings"):
-            raise ConfigError(
-                f"model {self.model!r} classifies images and feature vectors; dataset {self.dataset!r} is {kind} "
-                "data. Fix: model='char_gru' for text (recipe text_generation), algorithm='fed_recon' with model "
-                "'matrix_factorization' for ratings (recipe reconstruction), or stage and validate only with the "
-                f"federated_data DAG (make stage DATASET={self.dataset})."
-            )
+        """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind."""
+        config_checks.check_trainable(self)
 
     @property
     def effective_split(self) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from tasks.config import (
     _DEFAULTS,
+    DATASET_KINDS,
     HYBRID_ALGORITHMS,
     MAX_CHUNKS,
     PATH_DATASETS,
@@ -199,3 +200,27 @@ def _check_text(cfg: ExperimentConfig) -> None:
     if cfg.model in TEXT_MODELS and cfg.engine != "tff":
         raise ConfigError(f"model {cfg.model!r} trains on the 'tff' engine only. Got engine={cfg.engine!r}. "
                           "Fix: engine='tff'.")
+
+
+def check_trainable(cfg: ExperimentConfig) -> None:
+    """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind
+    (known before staging for the named data sets; path sources are checked after staging)."""
+    kind = DATASET_KINDS.get(cfg.dataset)
+    if cfg.algorithm == RECONSTRUCTION["algorithm"]:  # __post_init__ checked that it has movielens
+        return
+    if cfg.model in TEXT_MODELS or kind == "text":
+        if cfg.model not in TEXT_MODELS or kind != "text":
+            raise ConfigError(
+                f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({kind or 'path'} data): "
+                f"text data trains the text models {list(TEXT_MODELS)}, and they train on text only. "
+                "Fix: model='char_gru' with dataset='shakespeare' (recipe text_generation), or stage and validate "
+                "only with the federated_data DAG."
+            )
+        return
+    if kind in ("text", "ratings"):
+        raise ConfigError(
+            f"model {cfg.model!r} classifies images and feature vectors; dataset {cfg.dataset!r} is {kind} "
+            "data. Fix: model='char_gru' for text (recipe text_generation), algorithm='fed_recon' with model "
+            "'matrix_factorization' for ratings (recipe reconstruction), or stage and validate only with the "
+            f"federated_data DAG (make stage DATASET={cfg.dataset})."
+        )
