@@ -9,8 +9,6 @@ tensors, Suresh et al. 2017) and ``secure`` (``tff.federated_secure_sum_bitwidth
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -18,7 +16,7 @@ from tensorflow_federated.python.learning import model_update_aggregator as reco
 from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
 
 from tasks.config import ExperimentConfig
-from trainer import seeded_dp
+from trainer import hooks, seeded_dp
 
 # Algorithms whose client updates are averaged uniformly even without DP.
 UNWEIGHTED_ALGORITHMS = {"fedavg_unweighted"}
@@ -47,14 +45,7 @@ def is_weighted(cfg: ExperimentConfig, factory: tff.aggregators.AggregationFacto
 
 def load_custom_factory(cfg: ExperimentConfig) -> tff.aggregators.AggregationFactory:
     """Imports ``module:function`` from ``cfg.custom_aggregator`` and calls it with the config."""
-    module_name, _, function_name = cfg.custom_aggregator.partition(":")
-    try:
-        build = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as e:
-        raise CustomAggregatorError(
-            f"custom_aggregator {cfg.custom_aggregator!r} cannot be imported in the TFF environment: {e}. "
-            "Fix: put the module on the project's path (e.g. under the project root) and check the name."
-        ) from e
+    build = hooks.import_function("custom_aggregator", cfg.custom_aggregator, CustomAggregatorError, "config")
     factory = build(cfg)
     if not isinstance(factory, tff.aggregators.AggregationFactory):
         raise CustomAggregatorError(

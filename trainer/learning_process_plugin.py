@@ -17,12 +17,12 @@ found here, when the trainer starts, as :class:`LearningProcessPluginError` nami
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import tensorflow_federated as tff
 
 from tasks.config import ExperimentConfig
+from trainer import hooks
 
 
 class Error(Exception):
@@ -42,18 +42,7 @@ def load_learning_process(cfg: ExperimentConfig, model_fn: Callable) -> tff.lear
         something else than a LearningProcess for this model.
     """
     name = cfg.learning_process
-    module_name, _, function_name = name.partition(":")
-    try:
-        build = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as e:
-        raise LearningProcessPluginError(
-            f"learning_process {name!r} cannot be imported in the TFF environment: {e}. Fix: put the module on "
-            "the project's path (e.g. under the project root) and check the module and function names."
-        ) from e
-    if not callable(build):
-        raise LearningProcessPluginError(
-            f"learning_process {name!r} must name a function of (config, model_fn). Got {type(build).__name__}."
-        )
+    build = hooks.import_function("learning_process", name, LearningProcessPluginError, "config, model_fn")
     process = build(cfg, model_fn)
     if not isinstance(process, tff.learning.templates.LearningProcess):
         raise LearningProcessPluginError(

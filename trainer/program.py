@@ -18,6 +18,7 @@ import platform
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -149,11 +150,12 @@ def initial_state(exp: Experiment):
     return exp.process.set_model_weights(state, weights)
 
 
-def restore_or_start(exp: Experiment):
-    """Returns (state, round) from the newest valid checkpoint, or round 0 (saved before training)."""
+def restore_or_start(exp: Experiment, start: Callable | None = None):
+    """Returns (state, round) from the newest valid checkpoint, or round 0 (saved before training):
+    ``start(exp)``, by default :func:`initial_state` (fed_recon passes its own)."""
     latest = exp.checkpoints.load_latest()
     if latest is None:
-        state = initial_state(exp)
+        state = (start or initial_state)(exp)
         exp.checkpoints.save(0, tf.nest.flatten(state))
         log.info("Starting a new run at round 0 (seed %d)", exp.cfg.seed)
         return state, 0

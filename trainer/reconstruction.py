@@ -264,18 +264,6 @@ def initial_state(exp: ReconExperiment):
     return exp.process.set_model_weights(state, weights)
 
 
-def restore_or_start(exp: ReconExperiment):
-    """(state, round) from the newest valid checkpoint, or round 0 (saved before training)."""
-    latest = exp.checkpoints.load_latest()
-    if latest is None:
-        state = initial_state(exp)
-        exp.checkpoints.save(0, tf.nest.flatten(state))
-        log.info("Starting a new fed_recon run at round 0 (seed %d)", exp.cfg.seed)
-        return state, 0
-    log.info("Resuming from round %d", latest.round_num)
-    return tf.nest.pack_sequence_as(exp.process.initialize(), latest.leaves), latest.round_num
-
-
 def load_state(exp: ReconExperiment, round_num: int | None = None):
     latest = exp.checkpoints.load_latest() if round_num is None else exp.checkpoints.load(round_num)
     return tf.nest.pack_sequence_as(exp.process.initialize(), latest.leaves)
@@ -314,7 +302,9 @@ def train_until_round(exp: ReconExperiment, until_round: int) -> int:
     cfg = exp.cfg
     if not 1 <= until_round <= cfg.rounds:
         raise Error(f"until_round must be in [1, rounds={cfg.rounds}]. Got {until_round}.")
-    state, start_round = restore_or_start(exp)
+    from trainer import program  # noqa: PLC0415 - program imports this module
+
+    state, start_round = program.restore_or_start(exp, initial_state)
     dropped = metrics_log.truncate_after(exp.paths.metrics, start_round)
     if dropped:
         log.info("Dropped %d metrics rows written after the checkpoint of round %d", dropped, start_round)
