@@ -22,71 +22,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import engines  # bench/engines.py: the same round timing (bench/ is the script's directory on sys.path)
+import engines  # bench/engines.py: the same synthetic data, runs and round timing (bench/ is on sys.path)
 import numpy as np
 
 ROUNDS = 3
 CLIENTS, CLIENTS_PER_ROUND = 20, 16
-
-
-def stage(root: Path) -> Path:
-    from tasks import shards
-
-    rng = np.random.default_rng(0)
-
-    def client(cid: str, n: int) -> shards.Client:
-        y = rng.integers(0, 10, n)
-        x = rng.uniform(0, 0.3, (n, 8, 8, 1)).astype(np.float32)
-        for i, label in enumerate(y):  # class k lights a 4x4 patch at one of 10 places, plus noise
-            r, c = divmod(int(label), 5)
-            x[i, 4 * r : 4 * r + 4, c : c + 4, 0] += 0.7
-        return shards.Client(cid, {"pixels": np.clip(x, 0, 1), "label": y.astype(np.int64)})
-
-    out = root / "staged"
-    out.mkdir()
-    shards.write_dataset(
-        out,
-        {
-            "train": [client(f"c{i:02d}", int(rng.integers(50, 91))) for i in range(CLIENTS)],
-            "test": [client("test", 200)],
-        },
-        shards.Schema(
-            "image",
-            (shards.Column("pixels", "float32", (8, 8, 1)), shards.Column("label", "int64")),
-            x="pixels",
-            label="label",
-            num_classes=10,
-        ),
-        metadata={"dataset": "bench", "fingerprint": "bench", "settings": {}, "source": {}},
-    )
-    return out
-
-
-def make_run(root: Path, staged: Path, name: str, **overrides) -> Path:
-    from tasks import atomic
-    from tasks.config import ExperimentConfig
-    from tasks.paths import RunPaths
-
-    cfg = ExperimentConfig(
-        **{
-            "num_clients": CLIENTS,
-            "clients_per_round": CLIENTS_PER_ROUND,
-            "min_examples_per_client": 1,
-            "local_epochs": 1,
-            "batch_size": 16,
-            "client_learning_rate": 0.01,
-            "server_learning_rate": 1.0,
-            "rounds": ROUNDS,
-            "rounds_per_chunk": ROUNDS,
-            "eval_every": 1000,
-            **overrides,
-        }
-    )
-    run = RunPaths(root / name)
-    run.root.mkdir()
-    atomic.write_json(run.config, cfg.to_dict())
-    atomic.write_json(run.staged, {"path": str(staged), "fingerprint": "bench"})
-    return run.root
+# The tutorial's client work on engines.py's synthetic 8x8 digits.
+RUN = {"num_clients": CLIENTS, "clients_per_round": CLIENTS_PER_ROUND, "local_epochs": 1, "batch_size": 16,
+       "client_learning_rate": 0.01, "server_learning_rate": 1.0, "rounds": ROUNDS, "rounds_per_chunk": ROUNDS}
 
 
 def main() -> None:
@@ -115,12 +58,12 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        staged = stage(root)
+        staged = engines.stage(root, CLIENTS, sizes=(50, 91), test_size=200)
         for model in args.models.split(","):
             for engine, calls in settings:
                 # Every setting gets a fresh context (0: TFF's default, as at import).
                 tff.backends.native.set_sync_local_cpp_execution_context(max_concurrent_computation_calls=calls or -1)
-                exp = program.load_experiment(make_run(root, staged, f"{model}_{engine}_{calls}", model=model))
+                exp = program.load_experiment(engines.make_run(root, staged, f"{model}_{engine}_{calls}", **RUN, model=model))
                 params = int(sum(np.prod(v.shape) for v in exp.eval_model.trainable_weights))
                 times = engines.round_times(exp, engine, ROUNDS)
                 results.append(

@@ -28,7 +28,7 @@ import numpy as np
 ROUNDS = 8
 
 
-def synthetic_clients(num_clients: int, seed: int = 0):
+def synthetic_clients(num_clients: int, seed: int = 0, sizes: tuple[int, int] = (20, 81), test_size: int = 400):
     from tasks import shards
 
     rng = np.random.default_rng(seed)
@@ -41,14 +41,15 @@ def synthetic_clients(num_clients: int, seed: int = 0):
             x[i, 4 * r : 4 * r + 4, c : c + 4, 0] += 0.7
         return shards.Client(cid, {"pixels": np.clip(x, 0, 1), "label": y.astype(np.int64)})
 
-    train = [client(f"c{i:03d}", int(rng.integers(20, 81))) for i in range(num_clients)]
-    return train, [client("test", 400)]
+    train = [client(f"c{i:03d}", int(rng.integers(*sizes))) for i in range(num_clients)]
+    return train, [client("test", test_size)]
 
 
-def stage(root: Path) -> Path:
+def stage(root: Path, num_clients: int = 300, **sizes) -> Path:
+    """Staged shards of ``synthetic_clients`` (``sizes``: its example counts) under ``root/staged``."""
     from tasks import shards
 
-    train, test = synthetic_clients(300)
+    train, test = synthetic_clients(num_clients, **sizes)
     out = root / "staged"
     out.mkdir()
     shards.write_dataset(
