@@ -52,13 +52,15 @@ def render_plots(rows: Sequence[Mapping[str, Any]], grid_names: Sequence[str], o
     """``accuracy_vs_epsilon.png`` (one line per setting of the other grid fields, e.g. per compression
     setting; points without noise, ε = ∞, as dashed horizontal lines) and ``accuracy_vs_bits.png``
     (bits per parameter; one line per setting of the non-compression fields, e.g. per noise multiplier).
-    A plot is drawn when some succeeded point has its x value. Returns the paths written."""
+    A plot is drawn when some succeeded point has its x value, except the bits plot of a sweep where no
+    point compresses (every point sends 32 bits per parameter, e.g. the optimizers). Returns the paths written."""
     done = [r for r in rows if r["status"] == "succeeded"]
     specs = (("accuracy_vs_epsilon.png", "epsilon", "final ε at δ (RDP)", _NOISE_FIELDS),
              ("accuracy_vs_bits.png", "bits_per_parameter", "bits sent per parameter", _COMPRESSION_FIELDS))
     written = []
     for name, x_key, x_label, x_fields in specs:
-        if not any(r[x_key] is not None for r in done):
+        xs = {r[x_key] for r in done if r[x_key] is not None}
+        if not xs or (x_key == "bits_per_parameter" and xs == {32.0} and not set(grid_names) & x_fields):
             continue
         groups: dict[str, list[Mapping[str, Any]]] = {}
         for r in done:

@@ -279,3 +279,13 @@ def test_plots_group_points_into_lines_and_skip_epsilon_without_dp(tmp_path):
             for i, (bits, seed) in enumerate([(8, 0), (4, 0), (8, 1)])]
     written = sweep_compare.render_plots(rows, ["compression_bits", "seed"], tmp_path, title="t", champion=rows[2])
     assert written == [tmp_path / "accuracy_vs_bits.png"]
+
+
+def test_a_sweep_that_varies_no_compression_field_draws_no_bits_plot(tmp_path):
+    rows = [{"point": f"p0{i}", "status": "succeeded", "final_test_accuracy": 0.5 + i / 10, "epsilon": None,
+             "bits_per_parameter": 32.0, "algorithm": algorithm}
+            for i, algorithm in enumerate(["fedavg", "fedadam"])]
+    assert sweep_compare.render_plots(rows, ["algorithm"], tmp_path, title="t", champion=rows[1]) == []
+    rows[1]["bits_per_parameter"] = 17.9  # a case that compresses: the bits vary, the plot is drawn
+    written = sweep_compare.render_plots(rows, ["algorithm"], tmp_path, title="t", champion=rows[1])
+    assert written == [tmp_path / "accuracy_vs_bits.png"]
