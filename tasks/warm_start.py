@@ -100,6 +100,8 @@ def prepare(handle: Mapping[str, str]) -> dict[str, Any]:
             )
         pretrained = pretrain_and_register(cfg, run, name, alias)
         version = c.get_model_version(name, pretrained["version"])
+    else:
+        check_pretrained_like_config(c, version, cfg)
     _download(c, name, str(version.version), model_dir)
     info = {
         "uri": cfg.warm_start,
@@ -128,6 +130,34 @@ def prepare(handle: Mapping[str, str]) -> dict[str, Any]:
         "pretrained by this run" if pretrained else "registered earlier",
     )
     return {"status": "pretrained" if pretrained else "registered", **info}
+
+
+PRETRAIN_SETTINGS = ("model", "rnn_units", "pretrain_epochs", "pretrain_batch_size", "pretrain_learning_rate")
+
+
+def check_pretrained_like_config(c, version, cfg: ExperimentConfig) -> None:
+    """A registered version that fedflow pretrained (its source run is a ``pretrain`` run) must have been
+    pretrained with this config's settings when the config sets ``pretrain_plays``: else the alias would
+    silently stand for another model (other plays, units, epochs) than the config describes."""
+    if not cfg.pretrain_plays or not version.run_id:
+        return  # no pretraining asked for: the registered model is the warm start, whoever made it
+    source = c.get_run(version.run_id)
+    if source.data.tags.get("fedflow.role") != "pretrain":
+        return  # registered by hand: nothing to compare with
+    params = source.data.params
+    wanted = {key: str(getattr(cfg, key)) for key in PRETRAIN_SETTINGS}
+    differ = {key: (params.get(key), value) for key, value in wanted.items() if params.get(key) != value}
+    plays = sorted(p for p in params.get("pretrain_plays", "").split(",") if p)
+    if plays != sorted(cfg.parsed_pretrain_plays):
+        differ["pretrain_plays"] = (",".join(plays), ",".join(sorted(cfg.parsed_pretrain_plays)))
+    if differ:
+        shown = "; ".join(f"{key}: registered {old!r}, this run {new!r}" for key, (old, new) in differ.items())
+        raise WarmStartError(
+            f"warm_start {cfg.warm_start!r} is version {version.version}, pretrained by run {version.run_id} with "
+            f"other settings than this run's ({shown}). Fix: name another alias in warm_start (this run then "
+            "pretrains and registers it), set the settings back to the registered ones, or clear pretrain_plays "
+            "to fine-tune the registered model as it is."
+        )
 
 
 def _download(c, name: str, version: str, model_dir: Path) -> None:

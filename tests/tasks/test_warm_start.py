@@ -3,6 +3,7 @@ config errors, the registry lookup and download, and the disjoint-plays check.""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,38 @@ def test_a_registered_alias_is_downloaded_into_the_run_and_tagged_on_its_mlflow_
     assert tags["fedflow.warm_start"] == "models:/char-gru-test@pretrained"
     assert tags["fedflow.warm_start_version"] == str(version.version)
     assert warm.prepare({"run_dir": str(target.root)})["status"] == "reused"  # a retry downloads nothing again
+
+
+def _register_pretrained(tmp_path, name: str, **params) -> None:
+    """A version registered the way warm_start's pretraining registers one: from a ``pretrain`` run."""
+    import mlflow
+
+    c = tracking.client()
+    model_dir = tmp_path / f"registered-{name}"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    experiment = tracking.experiment_id(c, "fedflow-warm-start-test")
+    source = c.create_run(experiment, tags={"fedflow.role": "pretrain"}).info.run_id
+    for key, value in params.items():
+        c.log_param(source, key, value)
+    logged = c.create_logged_model(experiment_id=experiment, name="model", source_run_id=source)
+    c.log_model_artifacts(logged.model_id, str(model_dir))
+    version = mlflow.register_model(f"models:/{logged.model_id}", name)
+    c.set_registered_model_alias(name, "pretrained", version.version)
+
+
+def test_an_alias_pretrained_with_other_settings_is_refused_naming_each_difference(run, tmp_path):
+    settings = {"model": "char_gru", "rnn_units": "16", "pretrain_epochs": "2", "pretrain_batch_size": "64",
+                "pretrain_learning_rate": "0.003", "pretrain_plays": "tempest"}
+    _register_pretrained(tmp_path, "char-gru-other", **settings)
+    same = {"warm_start": "models:/char-gru-other@pretrained", "pretrain_plays": "tempest", "pretrain_epochs": 2,
+            "pretrain_batch_size": 64, "pretrain_learning_rate": 0.003}
+    target = run(**{**same, "pretrain_plays": "tempest,twelfth_night", "pretrain_epochs": 3})
+    with pytest.raises(warm.WarmStartError, match=r"pretrain_epochs: registered '2', this run '3'; pretrain_plays: "
+                       r"registered 'tempest', this run 'tempest,twelfth_night'.*Fix: name another alias"):
+        warm.prepare({"run_dir": str(target.root)})
+    shutil.rmtree(target.root)
+    assert run(**same) and warm.prepare({"run_dir": str(target.root)})["status"] == "registered"
 
 
 def test_pretraining_and_fine_tuning_data_sharing_a_role_is_refused(tmp_path):
