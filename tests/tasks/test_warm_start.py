@@ -136,14 +136,28 @@ def _register_pretrained(tmp_path, name: str, **params) -> None:
 
 
 def test_an_alias_pretrained_with_other_settings_is_refused_naming_each_difference(run, tmp_path):
-    settings = {"model": "char_gru", "rnn_units": "16", "pretrain_epochs": "2", "pretrain_batch_size": "64",
-                "pretrain_learning_rate": "0.003", "pretrain_plays": "tempest"}
+    settings = {
+        "model": "char_gru",
+        "rnn_units": "16",
+        "pretrain_epochs": "2",
+        "pretrain_batch_size": "64",
+        "pretrain_learning_rate": "0.003",
+        "pretrain_plays": "tempest",
+    }
     _register_pretrained(tmp_path, "char-gru-other", **settings)
-    same = {"warm_start": "models:/char-gru-other@pretrained", "pretrain_plays": "tempest", "pretrain_epochs": 2,
-            "pretrain_batch_size": 64, "pretrain_learning_rate": 0.003}
+    same = {
+        "warm_start": "models:/char-gru-other@pretrained",
+        "pretrain_plays": "tempest",
+        "pretrain_epochs": 2,
+        "pretrain_batch_size": 64,
+        "pretrain_learning_rate": 0.003,
+    }
     target = run(**{**same, "pretrain_plays": "tempest,twelfth_night", "pretrain_epochs": 3})
-    with pytest.raises(warm.WarmStartError, match=r"pretrain_epochs: registered '2', this run '3'; pretrain_plays: "
-                       r"registered 'tempest', this run 'tempest,twelfth_night'.*Fix: name another alias"):
+    with pytest.raises(
+        warm.WarmStartError,
+        match=r"pretrain_epochs: registered '2', this run '3'; pretrain_plays: "
+        r"registered 'tempest', this run 'tempest,twelfth_night'.*Fix: name another alias",
+    ):
         warm.prepare({"run_dir": str(target.root)})
     shutil.rmtree(target.root)
     assert run(**same) and warm.prepare({"run_dir": str(target.root)})["status"] == "registered"
