@@ -82,6 +82,11 @@ def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str,
             if name == "recipe":  # a choice among the committed recipes, read when the DAG file is parsed
                 schema = {**schema, "enum": [recipes.NO_RECIPE, *recipes.names()]}
             params[name] = Param(**{**schema, "default": defaults.get(name, schema["default"])})
+    if "recipe" in params:
+        params[recipes.OVERRIDES] = Param(
+            {}, type="object", section="Recipe", title="Set exactly",
+            description='Settings applied last, exactly as given, e.g. {"server_momentum": 0.0}: a field the form '
+            "leaves at its default cannot undo a recipe's value, this can.")
     return params
 
 

@@ -18,7 +18,8 @@ A recipe file ``recipes/<name>.yaml``::
 How params and a recipe combine (:func:`apply`): the recipe's settings (with its variant) replace the
 config's defaults, and every param whose value differs from the config's default overrides the recipe.
 The trigger form always sends every param, so "differs from the default" is the only way to tell what
-a user set: a recipe value can be changed, but not back to the config's own default (pick no recipe).
+a user set: a recipe value can be changed, but not back to the config's own default that way. The
+``overrides`` param (a JSON object) does that: its fields are set exactly as given, over the recipe.
 
 Module-level imports stay light (PyYAML, the config): the DAG files read the recipe names at parse time.
 """
@@ -45,6 +46,9 @@ _KEYS = ("tutorial", "title", "description", "data", "differences", "config", "v
 _REQUIRED = ("tutorial", "title", "description", "data", "config", "checks")
 _FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
 _RECIPE_FIELDS = ("recipe", "recipe_variant")
+# The trigger form sends every param, so a param equal to the config's default cannot undo a recipe's value;
+# this param (a JSON object) sets fields exactly, over the recipe and the form: {"server_momentum": 0.0}.
+OVERRIDES = "overrides"
 
 
 class Error(Exception):
@@ -165,16 +169,33 @@ def _cases(path: Path, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def apply(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` with the recipe they name filled in (see the module docstring); unchanged without one."""
+    """``params`` with the recipe they name filled in (see the module docstring), then the explicit
+    ``overrides`` param (:data:`OVERRIDES`: fields set exactly as given, even back to the config's default);
+    unchanged without either."""
+    explicit = _overrides(params)
+    params = {key: value for key, value in params.items() if key != OVERRIDES}
     name = params.get("recipe") or NO_RECIPE
     if name == NO_RECIPE:
-        return dict(params)
+        return {**params, **explicit}
     variant = params.get("recipe_variant") or "default"
     recipe = load(name)
     changed = {key: value for key, value in params.items()
                if key not in _RECIPE_FIELDS and key in _FIELDS and not _is_default(key, value)}
     unknown = {key: value for key, value in params.items() if key not in _FIELDS}  # from_mapping names them
-    return {**recipe.settings(variant), **changed, **unknown, "recipe": name, "recipe_variant": variant}
+    return {**recipe.settings(variant), **changed, **unknown, **explicit, "recipe": name, "recipe_variant": variant}
+
+
+def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    explicit = params.get(OVERRIDES) or {}
+    if not isinstance(explicit, Mapping):
+        raise RecipeError(f"{OVERRIDES} must be a JSON object of experiment settings. Got {explicit!r}. "
+                          'Fix: e.g. {"server_momentum": 0.0}.')
+    bad = sorted(set(explicit) - set(_FIELDS) | set(explicit) & set(_RECIPE_FIELDS))
+    if bad:
+        raise RecipeError(f"{OVERRIDES} sets {bad}, which are not experiment settings it can set. Fix: use config "
+                          f"fields (close: {difflib.get_close_matches(bad[0], list(_FIELDS), n=1)}); pick the "
+                          "recipe and its size with the recipe params.")
+    return dict(explicit)
 
 
 def _is_default(key: str, value: Any) -> bool:
@@ -193,7 +214,7 @@ def trigger(name: str, variant: str = "default", overrides: Mapping[str, Any] | 
     overrides = dict(overrides or {})
     if recipe.is_sweep:
         return f"sweep_recipe_{name}", {"recipe_variant": variant, "overrides": overrides}
-    return "federated_training", {**overrides, "recipe": name, "recipe_variant": variant}
+    return "federated_training", {"recipe": name, "recipe_variant": variant, OVERRIDES: overrides}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,21 @@ def test_a_recipe_fills_the_defaults_and_changed_params_override_it(recipe_dir):
         ExperimentConfig.from_mapping(recipes.apply({"recipe": "demo", "roundz": 3}))
 
 
+def test_overrides_set_a_field_back_to_the_configs_default_over_the_recipe(recipe_dir):
+    recipe_dir("demo", {**MINIMAL, "config": {"model": "mlp", "rounds": 6, "server_momentum": 0.9}})
+    form = {**ExperimentConfig().to_dict(), "recipe": "demo", "custom_aggregator": None}
+    assert ExperimentConfig.from_mapping(recipes.apply(form)).server_momentum == 0.9  # the form cannot undo it
+    undone = ExperimentConfig.from_mapping(recipes.apply({**form, "overrides": {"server_momentum": 0.0}}))
+    assert undone.server_momentum == 0.0 and undone.model == "mlp" and undone.recipe == "demo"
+    assert recipes.apply({"rounds": 3, "overrides": {"rounds": 4}}) == {"rounds": 4}  # no recipe: applied too
+    with pytest.raises(recipes.RecipeError, match=r"overrides sets \['roundz'\].*close: \['rounds'\]"):
+        recipes.apply({**form, "overrides": {"roundz": 4}})
+    with pytest.raises(recipes.RecipeError, match=r"overrides sets \['recipe'\]"):
+        recipes.apply({**form, "overrides": {"recipe": "other"}})
+    with pytest.raises(recipes.RecipeError, match="must be a JSON object"):
+        recipes.apply({**form, "overrides": "rounds=4"})
+
+
 def test_an_unknown_recipe_names_the_recipes_and_the_closest(recipe_dir):
     recipe_dir("image_demo", MINIMAL)
     with pytest.raises(recipes.RecipeError, match=r"Unknown recipe 'image_dem'.*\['image_demo'\].*Did you mean"):
@@ -132,7 +147,9 @@ def test_a_sweep_recipe_runs_as_its_own_sweep_dag_and_a_plain_one_in_the_trainin
     recipe_dir("one", MINIMAL)
     recipe_dir("many", SWEEP)
     assert recipes.trigger("one", "tiny", {"seed": 3}) == (
-        "federated_training", {"seed": 3, "recipe": "one", "recipe_variant": "tiny"})
+        "federated_training", {"recipe": "one", "recipe_variant": "tiny", "overrides": {"seed": 3}})
+    conf = recipes.trigger("one", "default", {"model": "cnn"})[1]  # make run CONF: exact, even the config's default
+    assert ExperimentConfig.from_mapping(recipes.apply(conf)).model == "cnn"  # the recipe's mlp undone
     assert recipes.trigger("many", "tiny", {"seed": 3}) == (
         "sweep_recipe_many", {"recipe_variant": "tiny", "overrides": {"seed": 3}})
     spec = sweep.from_recipe(recipes.load("many"), "tiny")
