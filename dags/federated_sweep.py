@@ -120,12 +120,13 @@ def build_sweep_dag(path: Path, *, recipe: bool = False):
         @task(pool="gpu", queue="gpu", retries=2, retry_delay=timedelta(seconds=30), execution_timeout=POINT_TIMEOUT,
               map_index_template="{{ point_label }}")
         def run_point(point: dict) -> dict:
-            from tasks import steps
+            from tasks import steps, warm_start
 
             get_current_context()["point_label"] = f"p{point['index']:02d} {point['label']}"
             try:
                 return sweep.run_point(point)
-            except (steps.ConfigError, steps.DataValidationError, *steps.StageInputError) as e:  # no retry helps
+            except (steps.ConfigError, steps.DataValidationError, warm_start.WarmStartError,
+                    *steps.StageInputError) as e:  # no retry helps
                 raise AirflowFailException(str(e)) from e
 
         @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=30))

