@@ -25,8 +25,9 @@ def render(summary: dict, seconds: int | None = None) -> str:
     return "\n".join(
         [
             "",
-            f"fedflow: {summary['rounds']} rounds of federated averaging finished{took}.",
-            f"  final test accuracy  {summary['final_test_accuracy']:.4f}   (test loss {summary['final_test_loss']:.4f})",
+            f"fedflow: {summary['rounds']} rounds of {summary.get('algorithm', 'federated averaging')} finished{took}.",
+            f"  final {summary.get('test_accuracy_label', 'test accuracy')}  {summary['final_test_accuracy']:.4f}   "
+            f"({summary.get('test_loss_label', 'test loss')} {summary['final_test_loss']:.4f})",
             f"  MLflow run           {summary['mlflow_run_id']}  (experiment {summary['experiment']!r})",
             f"  tracking URI         {summary['tracking_uri']}",
             f"  registered model     {summary['registered_model_name']} version {summary['version']}"

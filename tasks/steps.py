@@ -219,6 +219,8 @@ def evaluate_and_register(handle: Mapping[str, str]) -> dict[str, Any]:
         "rounds": cfg.rounds,
         "final_test_accuracy": final["test_accuracy"],
         "final_test_loss": final["test_loss"],
+        "algorithm": cfg.algorithm,
+        **dict(zip(("test_accuracy_label", "test_loss_label"), metric_labels(final), strict=True)),
         "headline": result,
         **{k: model[k] for k in ("registered_model_name", "version", "model_uri")},
         "run_dir": str(run.root),
@@ -269,7 +271,8 @@ def record_attempt(handle: Mapping[str, str], task_id: str, try_number: int) -> 
 
 def headline(cfg: ExperimentConfig, final: Mapping[str, Any], model: Mapping[str, Any], run: RunPaths) -> str:
     """One line a person reads first: the result, the privacy and compression it cost, where to look."""
-    parts = [f"test accuracy {final['test_accuracy']:.4f} (loss {final['test_loss']:.4f}) after {cfg.rounds} rounds "
+    accuracy, loss = metric_labels(final)
+    parts = [f"{accuracy} {final['test_accuracy']:.4f} ({loss} {final['test_loss']:.4f}) after {cfg.rounds} rounds "
              f"of {cfg.algorithm} on {cfg.dataset}"]
     last = {}
     for row in metrics_log.read_rows(run.metrics):
@@ -284,6 +287,12 @@ def headline(cfg: ExperimentConfig, final: Mapping[str, Any], model: Mapping[str
     if url:
         parts.append(f"MLflow: {url}")
     return "; ".join(parts)
+
+
+def metric_labels(final: Mapping[str, Any]) -> tuple[str, str]:
+    """What the final ``test_accuracy`` and ``test_loss`` measure: a classifier's unless the trainer's export
+    names them (fed_recon: rating accuracy and MSE)."""
+    return final.get("test_accuracy_label", "test accuracy"), final.get("test_loss_label", "test loss")
 
 
 def mark_failed(dag_id: str, run_id: str) -> bool:

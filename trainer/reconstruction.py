@@ -414,6 +414,9 @@ def export(exp: ReconExperiment) -> dict:
         **metrics,
         "test_loss": metrics["test_mse"],
         "test_accuracy": metrics["test_rating_accuracy"],
+        # what the two headline numbers are here (tasks/steps.headline, tasks/report): not a classifier's
+        "test_loss_label": "test MSE",
+        "test_accuracy_label": "test rating accuracy (|y - y_hat| <= 0.5)",
         "num_parameters": int(sum(np.size(w) for w in exp.process.get_model_weights(state).trainable)),
     }
     atomic.write_json(exp.paths.final, final)
