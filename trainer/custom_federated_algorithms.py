@@ -87,17 +87,8 @@ def softmax_shape(weights_type) -> tuple[int, int]:
     return shapes[0][0], shapes[0][1]
 
 
-def build_computations(batch_spec, num_features: int, num_classes: int) -> Computations:
-    """The tutorial's FC computations for batches of ``batch_spec`` (``OrderedDict(x=..., y=...)``; ``x`` is
-    flattened to ``num_features`` inputs) and ``num_classes`` classes."""
-    batch_type = tff.types.tensorflow_to_type(batch_spec)
-    model_type = tff.types.tensorflow_to_type(
-        collections.OrderedDict(
-            weights=tf.TensorSpec([num_features, num_classes], tf.float32),
-            bias=tf.TensorSpec([num_classes], tf.float32),
-        )
-    )
-    local_data_type = tff.SequenceType(batch_type)
+def _batch_computations(model_type, batch_type, num_features: int, num_classes: int) -> tuple[Any, Any]:
+    """The tutorial's ``batch_loss`` and ``batch_train`` (its ``forward_pass``, ``x`` flattened to ``num_features``)."""
 
     @tf.function
     def forward_pass(model, batch):
@@ -125,6 +116,14 @@ def build_computations(batch_spec, num_features: int, num_classes: int) -> Compu
             return model_vars
 
         return _train_on_batch(model_vars, batch)
+
+    return batch_loss, batch_train
+
+
+def _sequence_computations(model_type, batch_type, batch_loss, batch_train, num_features: int) -> tuple[Any, Any, Any]:
+    """The tutorial's ``local_train`` and ``local_eval`` (``tff.sequence_reduce`` over a client's batches), and
+    ``local_counts``: a client's correct predictions and examples (``tf.data`` reduce, for the accuracy metric)."""
+    local_data_type = tff.SequenceType(batch_type)
 
     @tff.federated_computation(model_type, np.float32, local_data_type)
     def local_train(initial_model, learning_rate, all_batches):
@@ -157,8 +156,25 @@ def build_computations(batch_spec, num_features: int, num_classes: int) -> Compu
         correct, examples = all_batches.reduce((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), add)
         return collections.OrderedDict(correct=correct, examples=examples)
 
+    return local_train, local_eval, local_counts
+
+
+def build_computations(batch_spec, num_features: int, num_classes: int) -> Computations:
+    """The tutorial's FC computations for batches of ``batch_spec`` (``OrderedDict(x=..., y=...)``; ``x`` is
+    flattened to ``num_features`` inputs) and ``num_classes`` classes."""
+    batch_type = tff.types.tensorflow_to_type(batch_spec)
+    model_type = tff.types.tensorflow_to_type(
+        collections.OrderedDict(
+            weights=tf.TensorSpec([num_features, num_classes], tf.float32),
+            bias=tf.TensorSpec([num_classes], tf.float32),
+        )
+    )
+    batch_loss, batch_train = _batch_computations(model_type, batch_type, num_features, num_classes)
+    local_train, local_eval, local_counts = _sequence_computations(
+        model_type, batch_type, batch_loss, batch_train, num_features
+    )
     server_model_type = tff.FederatedType(model_type, tff.SERVER)
-    client_data_type = tff.FederatedType(local_data_type, tff.CLIENTS)
+    client_data_type = tff.FederatedType(tff.SequenceType(batch_type), tff.CLIENTS)
 
     @tff.federated_computation(server_model_type, client_data_type)
     def client_losses(model, data):
@@ -200,6 +216,52 @@ def computations_for(model_fn: Callable) -> tuple[Computations, tff.Type]:
     return build_computations(input_spec, num_features, num_classes), weights_type
 
 
+class _StateComputations(NamedTuple):
+    server_init: Any
+    model_of: Any
+    learning_rate_of: Any
+    advance: Any
+    get_model_weights: Any
+    set_model_weights: Any
+
+
+def _state_computations(weights_type, model_type, learning_rate: float, decay: float) -> _StateComputations:
+    """The TensorFlow blocks on :class:`FederatedCoreState`: the zero state, the tutorial's model of a state, the
+    state's learning rate (``learning_rate * decay**round_num``: rounds done so far), the state after a round, and
+    the model-weights getter and setter of a LearningProcess."""
+
+    @tff.tensorflow.computation
+    def server_init():
+        zeros = [tf.zeros(t.shape, t.dtype) for t in weights_type.trainable]
+        return FederatedCoreState(ModelWeights(zeros, []), tf.constant(0, tf.int32))
+
+    state_type = server_init.type_signature.result
+
+    @tff.tensorflow.computation(state_type)
+    def model_of(state):
+        kernel, bias = state.model_weights.trainable
+        return collections.OrderedDict(weights=kernel, bias=bias)
+
+    @tff.tensorflow.computation(state_type)
+    def learning_rate_of(state):
+        factor = tf.pow(tf.constant(decay, tf.float64), tf.cast(state.round_num, tf.float64))
+        return tf.cast(learning_rate * factor, tf.float32)
+
+    @tff.tensorflow.computation(state_type, model_type)
+    def advance(state, model):
+        return FederatedCoreState(ModelWeights([model["weights"], model["bias"]], []), state.round_num + 1)
+
+    @tff.tensorflow.computation(state_type)
+    def get_model_weights(state):
+        return state.model_weights
+
+    @tff.tensorflow.computation(state_type, state_type.model_weights)
+    def set_model_weights(state, weights):
+        return FederatedCoreState(weights, state.round_num)
+
+    return _StateComputations(server_init, model_of, learning_rate_of, advance, get_model_weights, set_model_weights)
+
+
 def build_fedavg_from_primitives(
     model_fn: Callable, *, learning_rate: float, decay: float = 1.0
 ) -> tff.learning.templates.LearningProcess:
@@ -222,67 +284,41 @@ def build_fedavg_from_primitives(
     if not (learning_rate > 0 and decay > 0):
         raise Error(f"learning_rate and decay must be > 0. Got learning_rate={learning_rate}, decay={decay}.")
     comps, weights_type = computations_for(model_fn)
-
-    @tff.tensorflow.computation
-    def server_init():
-        zeros = [tf.zeros(t.shape, t.dtype) for t in weights_type.trainable]
-        return FederatedCoreState(ModelWeights(zeros, []), tf.constant(0, tf.int32))
-
-    state_type = server_init.type_signature.result
+    state = _state_computations(weights_type, comps.model_type, learning_rate, decay)
+    state_type = state.server_init.type_signature.result
 
     @tff.federated_computation
     def initialize_fn():
-        return tff.federated_value(server_init(), tff.SERVER)
+        return tff.federated_value(state.server_init(), tff.SERVER)
 
-    @tff.tensorflow.computation(state_type)
-    def model_of(state):
-        kernel, bias = state.model_weights.trainable
-        return collections.OrderedDict(weights=kernel, bias=bias)
-
-    @tff.tensorflow.computation(state_type)
-    def learning_rate_of(state):
-        factor = tf.pow(tf.constant(decay, tf.float64), tf.cast(state.round_num, tf.float64))
-        return tf.cast(learning_rate * factor, tf.float32)
-
-    @tff.tensorflow.computation(state_type, comps.model_type)
-    def advance(state, model):
-        return FederatedCoreState(ModelWeights([model["weights"], model["bias"]], []), state.round_num + 1)
-
-    @tff.tensorflow.computation(tff.types.tensorflow_to_type((tf.TensorSpec([], tf.int64),) * 2))
-    def accuracy_of(correct_and_examples):
-        correct, examples = correct_and_examples
+    @tff.tensorflow.computation(np.int64, np.int64)
+    def accuracy(correct, examples):
         return tf.cast(correct, tf.float32) / tf.cast(examples, tf.float32)
 
     @tff.federated_computation(
         tff.FederatedType(state_type, tff.SERVER), tff.FederatedType(tff.SequenceType(comps.batch_type), tff.CLIENTS)
     )
-    def next_fn(state, data):
-        model = tff.federated_map(model_of, state)
-        rate = tff.federated_map(learning_rate_of, state)
+    def next_fn(server_state, data):
+        model = tff.federated_map(state.model_of, server_state)
+        rate = tff.federated_map(state.learning_rate_of, server_state)
         loss_before = comps.federated_eval(model, data)
         trained = comps.federated_train(model, rate, data)
         counts = tff.federated_map(comps.local_counts, [tff.federated_broadcast(trained), data])
         correct, examples = tff.federated_sum(counts.correct), tff.federated_sum(counts.examples)
         train = collections.OrderedDict(
             loss=comps.federated_eval(trained, data),
-            accuracy=tff.federated_map(accuracy_of, tff.federated_zip((correct, examples))),
+            accuracy=tff.federated_map(accuracy, (correct, examples)),
             num_examples=examples,
         )
         metrics = collections.OrderedDict(
             client_work=collections.OrderedDict(train=train, federated_loss_before=loss_before, learning_rate=rate)
         )
-        new_state = tff.federated_map(advance, (state, trained))
+        new_state = tff.federated_map(state.advance, (server_state, trained))
         return tff.learning.templates.LearningProcessOutput(new_state, tff.federated_zip(metrics))
 
-    @tff.tensorflow.computation(state_type)
-    def get_model_weights(state):
-        return state.model_weights
-
-    @tff.tensorflow.computation(state_type, state_type.model_weights)
-    def set_model_weights(state, weights):
-        return FederatedCoreState(weights, state.round_num)
-
-    return tff.learning.templates.LearningProcess(initialize_fn, next_fn, get_model_weights, set_model_weights)
+    return tff.learning.templates.LearningProcess(
+        initialize_fn, next_fn, state.get_model_weights, state.set_model_weights
+    )
 
 
 # The settings under which replacing the model by the mean of the clients' models is what the run asks for.
