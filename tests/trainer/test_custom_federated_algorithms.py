@@ -56,6 +56,9 @@ def test_the_tutorials_computations_have_its_types_with_64_inputs(tutorial):
         f"(<initial_model={model},learning_rate=float32,all_batches={batch}*> -> {model})"
     )
     assert str(tutorial.local_eval.type_signature) == f"(<model={model},all_batches={batch}*> -> float32)"
+    assert str(tutorial.federated_eval.type_signature) == (
+        f"(<model={model}@SERVER,data={{{batch}*}}@CLIENTS> -> float32@SERVER)"
+    )
     assert str(tutorial.federated_train.type_signature) == (
         f"(<model={model}@SERVER,learning_rate=float32@SERVER,data={{{batch}*}}@CLIENTS> -> {model}@SERVER)"
     )
