@@ -277,6 +277,12 @@ class ExperimentConfig:
         description="For a learning_process that reads it (fedavg_with_gradient_clipping): each local gradient is "
         "scaled to at most this global L2 norm; 0 = no clipping. The built-in algorithms do not clip gradients.",
     )
+    client_learning_rate_decay: float = _field(
+        1.0, section="Algorithm", title="Client learning-rate decay per round", exclusiveMinimum=0, maximum=1,
+        description="For a learning_process that reads it (fedavg_from_primitives): round r trains at "
+        "client_learning_rate x decay^(r-1), as TFF's custom_federated_algorithms_2 tutorial (0.9); 1 = constant. "
+        "The built-in algorithms keep the rate constant.",
+    )
     reconstruction_learning_rate: float = _field(
         0.1, section="Algorithm", title="Reconstruction learning rate", exclusiveMinimum=0, maximum=10,
         description="fed_recon: SGD learning rate with which each client reconstructs its own user embedding "

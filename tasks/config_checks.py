@@ -97,6 +97,13 @@ def _check_learning_process(cfg: ExperimentConfig) -> None:
             f"do not. Got client_gradient_clip={cfg.client_gradient_clip} with learning_process=''. Fix: set "
             "learning_process='trainer.tutorial_algorithms:fedavg_with_gradient_clipping', or set it to 0."
         )
+    if cfg.client_learning_rate_decay != 1.0 and not cfg.learning_process:
+        raise ConfigError(
+            f"client_learning_rate_decay applies to a learning_process that decays the client learning rate; the "
+            f"built-in algorithms keep it constant. Got client_learning_rate_decay={cfg.client_learning_rate_decay} "
+            "with learning_process=''. Fix: set learning_process='trainer.custom_federated_algorithms:"
+            "fedavg_from_primitives', or set it to 1."
+        )
 
 def _check_corruption(cfg: ExperimentConfig) -> None:
     if cfg.engine != "hybrid":

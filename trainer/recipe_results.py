@@ -227,6 +227,14 @@ def accelerators(exp) -> dict[str, float]:
             "max_concurrent_computation_calls": exp.cfg.max_concurrent_computation_calls}
 
 
+def custom_federated_algorithms(exp) -> dict[str, float]:
+    """Custom federated algorithms (the Federated Core): the closed-form initial loss and the one-label property
+    (trainer/custom_federated_algorithms.py)."""
+    from trainer import custom_federated_algorithms as federated_core  # noqa: PLC0415 - it imports program
+
+    return federated_core.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -234,7 +242,8 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "recommended_aggregators": recommended_aggregators,
                                      "text_generation": text_generation,
                                      "client_data": client_data,
-                                     "accelerators": accelerators}
+                                     "accelerators": accelerators,
+                                     "custom_federated_algorithms": custom_federated_algorithms}
 
 
 def measure(exp) -> dict[str, float] | None:
