@@ -227,6 +227,14 @@ def accelerators(exp) -> dict[str, float]:
             "max_concurrent_computation_calls": exp.cfg.max_concurrent_computation_calls}
 
 
+def random_noise_generation(exp) -> dict[str, float]:
+    """Random noise generation: the tutorial's seeded values and pitfall, and the run's DP noise replayed
+    (trainer/random_noise.py)."""
+    from trainer import random_noise  # noqa: PLC0415
+
+    return random_noise.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -234,7 +242,8 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "recommended_aggregators": recommended_aggregators,
                                      "text_generation": text_generation,
                                      "client_data": client_data,
-                                     "accelerators": accelerators}
+                                     "accelerators": accelerators,
+                                     "random_noise_generation": random_noise_generation}
 
 
 def measure(exp) -> dict[str, float] | None:
