@@ -87,6 +87,26 @@ def independent_values_on_clients(num_clients: int) -> list[float]:
     return [float(v) for v in on_clients(list(range(num_clients)))]
 
 
+def keras_initializer_on_clients(num_clients: int) -> tuple[list[float], list[float]]:
+    """The tutorial's "model initializer on clients": each client builds ``Dense(1)`` on one input and returns its
+    initial kernel; two calls. On Keras 2.14 an unseeded initializer draws a seed (Python's ``random``) when
+    traced and then runs a stateless op, so every client and call gets the same value."""
+
+    @tff.tensorflow.computation
+    def model_init():
+        inputs = tf.keras.Input(shape=(1,))
+        model = tf.keras.Model(inputs=inputs, outputs=tf.keras.layers.Dense(1)(inputs))
+        return tf.reshape(tff.learning.models.ModelWeights.from_model(model).trainable[0], [-1])[0]
+
+    @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
+    def on_clients(client_indices):
+        del client_indices  # only sets the number of clients
+        return tff.federated_eval(model_init, tff.CLIENTS)
+
+    indices = list(range(num_clients))
+    return [float(v) for v in on_clients(indices)], [float(v) for v in on_clients(indices)]
+
+
 def generator_from_seed_values() -> tuple[float, float]:
     """The tutorial's ``tff_return_one_noise(1), tff_return_one_noise(2)``: ``Generator.from_seed(i).normal([])``
     inside a TFF computation, ``i`` a tensor."""
@@ -114,6 +134,7 @@ def tutorial_values() -> dict[str, float]:
     (at_1_1, at_2_2) = values_on_clients([(1, 1), (2, 2)], TUTORIAL_CLIENTS)
     independent = independent_values_on_clients(TUTORIAL_CLIENTS)
     from_seed_1, from_seed_2 = generator_from_seed_values()
+    initial, initial_again = keras_initializer_on_clients(TUTORIAL_CLIENTS)
     return {
         "stateless_normal_seed_1_1": printed(at_1_1[0]),
         "stateless_normal_seed_2_2": printed(at_2_2[0]),
@@ -128,6 +149,8 @@ def tutorial_values() -> dict[str, float]:
         # Eager, with a Python int: create_rng_state puts 1 first ([1, 0, 0]), a tensor seed last ([0, 0, 1]).
         "generator_from_python_int_seed_1_eager": printed(tf.random.Generator.from_seed(1).normal([])),
         "nondeterministic_clients_distinct": float(len(set(independent)) == len(independent)),
+        "keras_initializer_clients_distinct": float(len(set(initial)) == len(initial)),
+        "keras_initializer_calls_distinct": float(initial != initial_again),
         "tutorial_clients": TUTORIAL_CLIENTS,
     }
 
