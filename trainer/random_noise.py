@@ -41,7 +41,8 @@ def printed(value) -> float:
 
 @contextlib.contextmanager
 def global_seed(seed: int | None) -> Iterator[None]:
-    """``tf.random.set_seed(seed)`` for the block, then the process's global seed as it was."""
+    """``tf.random.set_seed(seed)`` for the block, then the process's global seed as it was (setting it back
+    restarts TF's sequence of op seeds, as every ``set_seed`` does; the trainer draws nothing from it)."""
     saved = context.global_seed()
     tf.random.set_seed(seed)
     try:
