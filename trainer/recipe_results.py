@@ -235,6 +235,14 @@ def custom_federated_algorithms(exp) -> dict[str, float]:
     return federated_core.measure(exp)
 
 
+def random_noise_generation(exp) -> dict[str, float]:
+    """Random noise generation: the tutorial's seeded values and pitfall, and the run's DP noise replayed
+    (trainer/random_noise.py)."""
+    from trainer import random_noise  # noqa: PLC0415
+
+    return random_noise.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -243,7 +251,9 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "text_generation": text_generation,
                                      "client_data": client_data,
                                      "accelerators": accelerators,
-                                     "custom_federated_algorithms": custom_federated_algorithms}
+                                     "custom_federated_algorithms": custom_federated_algorithms,
+                                     "random_noise_generation": random_noise_generation,
+                                     }
 
 
 def measure(exp) -> dict[str, float] | None:
