@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,9 @@ from tasks.config import RECIPE_VARIANTS, ConfigError, ExperimentConfig
 from tasks.config_schema import describe_bounds
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+# The run directory's AnalyticsConfig. Its ``config.json`` holds the staging config (:meth:`staging_config`), which
+# the shared stage and validate steps read.
+CONFIG_FILE = "analytics_config.json"
 # IBLT capacity: TFF sizes each client's sketch by it; past this the sketches no longer fit a worker.
 MAX_CAPACITY = 1_000_000
 
@@ -268,6 +272,8 @@ class AnalyticsConfig:
 def _checked(f: dataclasses.Field, kind: type, value: Any) -> Any:
     """``value`` coerced to the field's type and checked against its bounds; ConfigError names the field."""
     meta, name = f.metadata, f.name
+    if value is None and kind is str and _optional_text(f):  # the trigger form sends an emptied text field as null
+        return ""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
@@ -283,11 +289,8 @@ def _checked(f: dataclasses.Field, kind: type, value: Any) -> Any:
         raise ConfigError(f"{name} must be {describe_bounds(meta)}. Got {value!r}.")
     if "enum" in meta and value not in meta["enum"]:
         raise ConfigError(f"{name} must be one of {meta['enum']}. Got {value!r}.")
-    if "pattern" in meta:
-        import re  # noqa: PLC0415 - only patterned fields
-
-        if not re.fullmatch(meta["pattern"], value):
-            raise ConfigError(f"{name} must match {meta['pattern']!r}. Got {value!r}.")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(f"{name} must match {meta['pattern']!r}. Got {value!r}.")
     return value
 
 
@@ -304,10 +307,19 @@ def _check(cfg: AnalyticsConfig) -> None:
         )
 
 
+def _optional_text(f: dataclasses.Field) -> bool:
+    return "pattern" in f.metadata and re.fullmatch(f.metadata["pattern"], "") is not None
+
+
 def param_schemas() -> dict[str, dict[str, Any]]:
     """JSON schema of every field with its default: the input to the DAG's ``Param`` objects."""
     hints = typing.get_type_hints(AnalyticsConfig)
+    # Text that may be empty must also accept null: Airflow's form treats an emptied non-nullable field as required.
     return {
-        f.name: {"default": f.default, "type": _JSON_TYPES[hints[f.name]], **f.metadata}
+        f.name: {
+            "default": f.default,
+            **f.metadata,
+            "type": [_JSON_TYPES[hints[f.name]], "null"] if _optional_text(f) else _JSON_TYPES[hints[f.name]],
+        }
         for f in dataclasses.fields(AnalyticsConfig)
     }

@@ -2,7 +2,7 @@
 
     python -m trainer.heavy_hitters --run-dir data/runs/<run>
 
-Reads the run's frozen :class:`~tasks.analytics_config.AnalyticsConfig` (``config.json``) and the staged data
+Reads the run's frozen :class:`~tasks.analytics_config.AnalyticsConfig` (``analytics_config.json``) and the staged data
 set (``staged.json``); every client of both staged splits takes part, one ``tf.data`` dataset of its words
 (``tasks.heavy_hitters.tokenize``) batched by ``batch_size``. Runs
 ``tff.analytics.heavy_hitters.iblt.build_iblt_computation`` with the config's parameters, and measures what the
@@ -225,10 +225,10 @@ def _measure(cfg, clients: Sequence[tuple[str, list[str]]]) -> tuple[dict[str, A
 def run(run_dir: Path) -> dict[str, Any]:
     """The heavy-hitters step of a run directory; writes and returns its results."""
     from tasks import atomic, shards
-    from tasks.analytics_config import AnalyticsConfig
+    from tasks.analytics_config import CONFIG_FILE, AnalyticsConfig
 
     run_dir = Path(run_dir)
-    cfg = AnalyticsConfig.read_json(run_dir / "config.json")
+    cfg = AnalyticsConfig.read_json(run_dir / CONFIG_FILE)
     manifest = shards.Manifest.read(Path(atomic.read_json(run_dir / "staged.json")["path"]))
     clients = read_clients(manifest)
     log.info("%d clients, %d words; %s", len(clients), sum(len(w) for _, w in clients), cfg)

@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from tasks import atomic, shards
-from tasks.analytics_config import AnalyticsConfig
+from tasks.analytics_config import CONFIG_FILE, AnalyticsConfig
 from tasks.heavy_hitters import tokenize
 from tasks.sources import shakespeare
 from trainer import heavy_hitters
@@ -98,7 +98,7 @@ def test_run_reads_every_staged_client_of_both_splits_and_writes_the_results(tmp
     run = tmp_path / "run"
     run.mkdir()
     cfg = AnalyticsConfig(**{**QUIET, "counter_check": True}, capacity=100, max_heavy_hitters=3)
-    atomic.write_json(run / "config.json", cfg.to_dict())
+    atomic.write_json(run / CONFIG_FILE, cfg.to_dict())
     atomic.write_json(run / "staged.json", {"path": str(staged)})
     results = heavy_hitters.run(run)
     assert results["clients"] == results["staged_clients"] == 4 and results["counter_mismatches"] == 0
