@@ -131,18 +131,29 @@ def measure(cfg, clients: Sequence[tuple[str, list[str]]]) -> tuple[dict[str, An
 
 
 def _measure(cfg, clients: Sequence[tuple[str, list[str]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    datasets = datasets_of(clients, cfg.batch_size)
+    release = run_computation(datasets, cfg=cfg)
+    rows, results = _release_results(cfg, clients, release)
+    tables = {"release": rows, "dp": None, "counter": None}
+    if cfg.dp:  # on the full histogram: selecting the top words before the noise would leak (the tutorial's too)
+        full = release if not cfg.max_heavy_hitters else run_computation(datasets, cfg=cfg, max_heavy_hitters=0)
+        tables["dp"] = _dp_release(cfg, full, results)
+    if cfg.counter_check:
+        tables["counter"] = _counter_check(cfg, [w for _, w in clients], datasets, results)
+    return tables, results
+
+
+def _release_results(cfg, clients, release: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The released words against the exact reference under the config's contribution rule."""
     from tasks import heavy_hitters as hh
 
-    words = [w for _, w in clients]
-    datasets = datasets_of(clients, cfg.batch_size)
     rule = {
         "string_max_bytes": cfg.string_max_bytes,
         "max_words_per_user": cfg.max_words_per_user,
         "multi_contribution": cfg.multi_contribution,
         "batch_size": cfg.batch_size,
     }
-    expected, users = hh.expected_histogram(words, **rule)
-    release = run_computation(datasets, cfg=cfg)
+    expected, users = hh.expected_histogram([w for _, w in clients], **rule)
     rows = [
         {
             "word": hh.show(w),
@@ -154,8 +165,10 @@ def _measure(cfg, clients: Sequence[tuple[str, list[str]]]) -> tuple[dict[str, A
         for w in release["order"]
     ]
     mismatched = [r["word"] for r in rows if (r["count"], r["clients"]) != (r["expected_count"], r["expected_clients"])]
+    if mismatched:
+        log.warning("Decoded counts that differ from the reference: %s", mismatched[:20])
     unreleased = [c for w, c in expected.items() if w not in release["words"]]
-    results: dict[str, Any] = {
+    return rows, {
         "clients": release["clients"],
         "staged_clients": len(clients),
         "words_released": len(rows),
@@ -164,62 +177,61 @@ def _measure(cfg, clients: Sequence[tuple[str, list[str]]]) -> tuple[dict[str, A
         "distinct_words_expected": len(expected),
         "seconds_release": round(release["seconds"], 3),
         # >= 0 when the release holds the most counted words (ties may go either way)
-        "top_words_gap": (min((r["count"] for r in rows), default=0) - max(unreleased, default=0)),
+        "top_words_gap": min((r["count"] for r in rows), default=0) - max(unreleased, default=0),
         "top_word_count": max((r["count"] for r in rows), default=0),
     }
-    if mismatched:
-        log.warning("Decoded counts that differ from the reference: %s", mismatched[:20])
-    tables = {"release": rows, "dp": None, "counter": None}
-    if cfg.dp:
-        full = release if not cfg.max_heavy_hitters else run_computation(datasets, cfg=cfg, max_heavy_hitters=0)
-        noisy = hh.dp_release(
-            {w: c for w, (c, _) in full["words"].items()},
-            scale=cfg.laplace_scale,
-            threshold=cfg.threshold,
-            seed=cfg.seed,
-        )
-        outside = [w for w in noisy if w not in full["words"]]
-        tables["dp"] = [
-            {"word": hh.show(w), "dp_count": c, "count": full["words"][w][0] if w in full["words"] else 0}
-            for w, c in sorted(noisy.items(), key=lambda item: (-item[1], item[0]))
-        ]
-        results.update(
-            {
-                "dp_words_released": len(noisy),
-                "dp_words_not_in_non_dp": len(outside),
-                "dp_non_dp_words": len(full["words"]),
-                "epsilon": cfg.dp_epsilon,
-                "delta": cfg.dp_delta,
-                "dp_threshold": cfg.threshold,
-                "dp_laplace_scale": cfg.laplace_scale,
-            }
-        )
-    if cfg.counter_check:
-        counter = hh.word_counter(words, cfg.string_max_bytes)
-        exact = run_computation(
-            datasets,
-            cfg=cfg,
-            capacity=max(cfg.capacity, 2 * len(counter)),
-            max_words_per_user=0,
-            max_heavy_hitters=0,
-            multi_contribution=True,
-        )
-        decoded = {w: c for w, (c, _) in exact["words"].items()}
-        differ = sorted(set(decoded) ^ set(counter) | {w for w in decoded if decoded[w] != counter.get(w)})
-        tables["counter"] = [
-            {"word": hh.show(w), "count": c} for w, c in sorted(counter.items(), key=lambda i: (-i[1], i[0]))[:50]
-        ]
-        results.update(
-            {
-                "counter_words": len(counter),
-                "counter_tokens": sum(counter.values()),
-                "counter_mismatches": len(differ),
-                "counter_not_decoded": exact["num_not_decoded"],
-                "counter_capacity": exact["settings"]["capacity"],
-                "seconds_counter": round(exact["seconds"], 3),
-            }
-        )
-    return tables, results
+
+
+def _dp_release(cfg, full: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tutorial's central DP step on the full decoded histogram; adds its numbers to ``results``."""
+    from tasks import heavy_hitters as hh
+
+    counts = {w: c for w, (c, _) in full["words"].items()}
+    noisy = hh.dp_release(counts, scale=cfg.laplace_scale, threshold=cfg.threshold, seed=cfg.seed)
+    results.update(
+        {
+            "dp_words_released": len(noisy),
+            "dp_words_not_in_non_dp": sum(w not in counts for w in noisy),
+            "dp_non_dp_words": len(counts),
+            "epsilon": cfg.dp_epsilon,
+            "delta": cfg.dp_delta,
+            "dp_threshold": cfg.threshold,
+            "dp_laplace_scale": cfg.laplace_scale,
+        }
+    )
+    return [
+        {"word": hh.show(w), "dp_count": c, "count": counts.get(w, 0)}
+        for w, c in sorted(noisy.items(), key=lambda item: (-item[1], item[0]))
+    ]
+
+
+def _counter_check(cfg, words: list[list[str]], datasets: list, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every word of every client (multi_contribution, no bounds, capacity twice the distinct words) against a
+    direct Counter; adds its numbers to ``results``, returns the Counter's 50 most common words."""
+    from tasks import heavy_hitters as hh
+
+    counter = hh.word_counter(words, cfg.string_max_bytes)
+    exact = run_computation(
+        datasets,
+        cfg=cfg,
+        capacity=max(cfg.capacity, 2 * len(counter)),
+        max_words_per_user=0,
+        max_heavy_hitters=0,
+        multi_contribution=True,
+    )
+    decoded = {w: c for w, (c, _) in exact["words"].items()}
+    differ = set(decoded) ^ set(counter) | {w for w in decoded if decoded[w] != counter.get(w)}
+    results.update(
+        {
+            "counter_words": len(counter),
+            "counter_tokens": sum(counter.values()),
+            "counter_mismatches": len(differ),
+            "counter_not_decoded": exact["num_not_decoded"],
+            "counter_capacity": exact["settings"]["capacity"],
+            "seconds_counter": round(exact["seconds"], 3),
+        }
+    )
+    return [{"word": hh.show(w), "count": c} for w, c in sorted(counter.items(), key=lambda i: (-i[1], i[0]))[:50]]
 
 
 def run(run_dir: Path) -> dict[str, Any]:
