@@ -80,7 +80,7 @@ def experiment_params(sections: set[str] | None = None, **defaults) -> dict[str,
     for name, schema in param_schemas().items():
         if sections is None or schema["section"] in sections or name in defaults:
             if name == "recipe":  # a choice among the committed recipes, read when the DAG file is parsed
-                schema = {**schema, "enum": [recipes.NO_RECIPE, *recipes.names()]}
+                schema = {**schema, "enum": [recipes.NO_RECIPE, *recipes.names("training")]}
             params[name] = Param(**{**schema, "default": defaults.get(name, schema["default"])})
     if "recipe" in params:
         params[recipes.OVERRIDES] = Param(

@@ -54,8 +54,9 @@ def run_trainer(
     timeout_s: float,
     on_poll: Callable[[], None] | None = None,
     poll_seconds: float = 2.0,
+    module: str = "trainer",
 ) -> None:
-    """Runs ``python -m trainer <args>`` in the TFF env; returns when it succeeded.
+    """Runs ``python -m trainer <args>`` (or another trainer ``module``) in the TFF env; returns when it succeeded.
 
     Its output is appended to ``log_path`` and forwarded line by line to this process's log.
     ``on_poll`` runs every ``poll_seconds`` while the trainer runs (metrics streaming); its errors are
@@ -68,7 +69,7 @@ def run_trainer(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
-            [str(python), "-m", "trainer", *args],
+            [str(python), "-m", module, *args],
             stdin=devnull, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=paths.PROJECT_ROOT, env=trainer_env(),
         )

@@ -54,3 +54,29 @@ def render(metrics_path: Path, out_dir: Path, *, title: str = "") -> list[Path]:
         plt.close(fig)
         written.append(out_dir / name)
     return written
+
+
+def bar_chart(labels: Sequence[str], bars: Sequence[tuple[str, Sequence[float]]], out_path: Path, *, title: str,
+              ylabel: str) -> Path:
+    """Grouped vertical bars, one group per label and one bar per ``(legend, values)`` of ``bars`` (e.g. the
+    heavy hitters' counts with and without DP); written as PNG to ``out_path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(1, len(bars))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(labels) * max(1, len(bars))), 4.0), dpi=100)
+    for i, (legend, values) in enumerate(bars):
+        ax.bar([x + (i - (len(bars) - 1) / 2) * width for x in range(len(labels))], values, width, label=legend)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    if len(bars) > 1:
+        ax.legend()
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

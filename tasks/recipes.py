@@ -14,6 +14,8 @@ A recipe file ``recipes/<name>.yaml``::
       tiny: {rounds: 3}
     checks:                    # the reference check (tasks/reference.py): the tutorial's claims
       - {name: loss_falls, kind: decreasing, value: rows.train_loss, claim: "..."}
+    kind: training             # optional: 'training' (the default, federated_training) or 'analytics' (the
+                               # federated_analytics DAG; config and variants are AnalyticsConfig fields)
 
 How params and a recipe combine (:func:`apply`): the recipe's settings (with its variant) replace the
 config's defaults, and every param whose value differs from the config's default overrides the recipe.
@@ -37,14 +39,16 @@ from typing import Any
 import yaml
 
 from tasks import paths
+from tasks.analytics_config import AnalyticsConfig
 from tasks.config import RECIPE_VARIANTS, ConfigError, ExperimentConfig
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 NO_RECIPE = "none"  # the config's default: no recipe
 _KEYS = ("tutorial", "title", "description", "data", "differences", "config", "variants", "checks", "grid",
-         "schedule", "cases")
+         "schedule", "cases", "kind")
 _REQUIRED = ("tutorial", "title", "description", "data", "config", "checks")
-_FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+# A recipe's kind: the config its settings are fields of, and the DAG that runs it.
+KINDS = {"training": (ExperimentConfig, "federated_training"), "analytics": (AnalyticsConfig, "federated_analytics")}
 _RECIPE_FIELDS = ("recipe", "recipe_variant")
 # The trigger form sends every param, so a param equal to the config's default cannot undo a recipe's value;
 # this param (a JSON object) sets fields exactly, over the recipe and the form: {"server_momentum": 0.0}.
@@ -76,6 +80,7 @@ class Recipe:
     schedule: str | None = None
     # Points given whole (tasks/sweep.py): each a mapping of fields, crossed with the grid when both are set.
     cases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    kind: str = "training"  # KINDS
 
     @property
     def is_sweep(self) -> bool:
@@ -92,12 +97,26 @@ def recipes_dir() -> Path:
     return Path(os.environ.get("FEDFLOW_RECIPES_DIR", paths.PROJECT_ROOT / "recipes"))
 
 
-def names() -> list[str]:
-    """The recipe names, sorted (the trigger form's enum)."""
+def names(kind: str | None = None) -> list[str]:
+    """The recipe names, sorted (the trigger form's enum); only those of ``kind`` (KINDS) when given (a light
+    read of each file's ``kind`` key: a broken file counts as a training recipe, whose load then says why)."""
     directory = recipes_dir()
     if not directory.is_dir():
         return []
-    return sorted(p.stem for p in directory.glob("*.yaml") if _NAME.fullmatch(p.stem) and p.stem != NO_RECIPE)
+    found = sorted(p.stem for p in directory.glob("*.yaml") if _NAME.fullmatch(p.stem) and p.stem != NO_RECIPE)
+    return found if kind is None else [name for name in found if _declared_kind(directory / f"{name}.yaml") == kind]
+
+
+def _declared_kind(path: Path) -> str:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "training"
+    return str(doc.get("kind") or "training") if isinstance(doc, dict) else "training"
+
+
+def _fields(kind: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(KINDS[kind][0])}
 
 
 def load(name: str) -> Recipe:
@@ -122,6 +141,10 @@ def load(name: str) -> Recipe:
     if not isinstance(variants, dict) or set(variants) - set(RECIPE_VARIANTS):
         raise RecipeError(f"{path}: variants must map some of {list(RECIPE_VARIANTS)} to settings. Got "
                           f"{sorted(variants) if isinstance(variants, dict) else variants!r}.")
+    kind = raw.get("kind") or "training"
+    if kind not in KINDS or (kind != "training" and (raw.get("grid") or raw.get("cases"))):
+        raise RecipeError(f"{path}: kind must be one of {list(KINDS)} (only training recipes sweep). Got {kind!r}. "
+                          "Fix: correct the kind, or drop grid/cases.")
     checks = raw["checks"]
     if not isinstance(checks, list) or not checks or not all(isinstance(c, dict) and "name" in c for c in checks):
         raise RecipeError(f"{path}: checks must be a non-empty list of mappings, each with a name. "
@@ -130,7 +153,7 @@ def load(name: str) -> Recipe:
                     description=str(raw["description"]).strip(), data=str(raw["data"]).strip(),
                     differences=str(raw.get("differences", "")).strip(), config=dict(raw["config"] or {}),
                     variants={k: dict(v or {}) for k, v in variants.items()}, checks=list(checks),
-                    grid=dict(raw.get("grid") or {}), schedule=raw.get("schedule"), cases=_cases(path, raw))
+                    grid=dict(raw.get("grid") or {}), schedule=raw.get("schedule"), cases=_cases(path, raw), kind=kind)
     if recipe.is_sweep:
         from tasks import sweep  # noqa: PLC0415 - sweep imports this module
 
@@ -144,14 +167,16 @@ def load(name: str) -> Recipe:
                 sweep.from_recipe(recipe, variant)  # every grid point a valid experiment
             except sweep.SweepFileError as e:
                 raise RecipeError(f"{path} ({variant}): {e}") from e
+    config_cls, fields = KINDS[kind][0], _fields(kind)
     for variant in RECIPE_VARIANTS:
         settings = recipe.settings(variant)
-        bad = sorted(set(settings) - set(_FIELDS) | set(settings) & set(_RECIPE_FIELDS))
+        bad = sorted(set(settings) - set(fields) | set(settings) & set(_RECIPE_FIELDS))
         if bad:
-            raise RecipeError(f"{path} ({variant}): {bad} are not experiment settings. Fix: use config fields "
-                              f"(close: {difflib.get_close_matches(bad[0], list(_FIELDS), n=1)}).")
+            raise RecipeError(f"{path} ({variant}): {bad} are not {'experiment' if kind == 'training' else kind} "
+                              f"settings. Fix: use {config_cls.__name__} fields (close: "
+                              f"{difflib.get_close_matches(bad[0], list(fields), n=1)}).")
         try:
-            ExperimentConfig.from_mapping({**settings, "recipe": name, "recipe_variant": variant})
+            config_cls.from_mapping({**settings, "recipe": name, "recipe_variant": variant})
         except ConfigError as e:
             raise RecipeError(f"{path} ({variant}): {e}") from e
     from tasks import reference  # noqa: PLC0415 - the check kinds; a light module
@@ -168,38 +193,44 @@ def _cases(path: Path, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(c) for c in cases]
 
 
-def apply(params: Mapping[str, Any]) -> dict[str, Any]:
+def apply(params: Mapping[str, Any], *, kind: str = "training") -> dict[str, Any]:
     """``params`` with the recipe they name filled in (see the module docstring), then the explicit
     ``overrides`` param (:data:`OVERRIDES`: fields set exactly as given, even back to the config's default);
-    unchanged without either."""
-    explicit = _overrides(params)
+    unchanged without either. ``kind``: the DAG's kind of recipe (KINDS); a recipe of another kind is
+    refused, naming its DAG."""
+    explicit = _overrides(params, _fields(kind))
     params = {key: value for key, value in params.items() if key != OVERRIDES}
     name = params.get("recipe") or NO_RECIPE
     if name == NO_RECIPE:
         return {**params, **explicit}
     variant = params.get("recipe_variant") or "default"
     recipe = load(name)
+    if recipe.kind != kind:
+        raise RecipeError(f"Recipe {name!r} is a {recipe.kind} recipe; this DAG runs {kind} recipes "
+                          f"({names(kind)}). Fix: run it with the DAG {KINDS[recipe.kind][1]} "
+                          f"(make run RECIPE={name}).")
+    fields = _fields(kind)
     changed = {key: value for key, value in params.items()
-               if key not in _RECIPE_FIELDS and key in _FIELDS and not _is_default(key, value)}
-    unknown = {key: value for key, value in params.items() if key not in _FIELDS}  # from_mapping names them
+               if key not in _RECIPE_FIELDS and key in fields and not _is_default(fields[key], value)}
+    unknown = {key: value for key, value in params.items() if key not in fields}  # from_mapping names them
     return {**recipe.settings(variant), **changed, **unknown, **explicit, "recipe": name, "recipe_variant": variant}
 
 
-def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+def _overrides(params: Mapping[str, Any], fields: Mapping[str, dataclasses.Field]) -> dict[str, Any]:
     explicit = params.get(OVERRIDES) or {}
     if not isinstance(explicit, Mapping):
         raise RecipeError(f"{OVERRIDES} must be a JSON object of experiment settings. Got {explicit!r}. "
                           'Fix: e.g. {"server_momentum": 0.0}.')
-    bad = sorted(set(explicit) - set(_FIELDS) | set(explicit) & set(_RECIPE_FIELDS))
+    bad = sorted(set(explicit) - set(fields) | set(explicit) & set(_RECIPE_FIELDS))
     if bad:
         raise RecipeError(f"{OVERRIDES} sets {bad}, which are not experiment settings it can set. Fix: use config "
-                          f"fields (close: {difflib.get_close_matches(bad[0], list(_FIELDS), n=1)}); pick the "
+                          f"fields (close: {difflib.get_close_matches(bad[0], list(fields), n=1)}); pick the "
                           "recipe and its size with the recipe params.")
     return dict(explicit)
 
 
-def _is_default(key: str, value: Any) -> bool:
-    default = _FIELDS[key].default
+def _is_default(field: dataclasses.Field, value: Any) -> bool:
+    default = field.default
     if value is None and default == "":  # an optional text field the trigger form left empty
         return True
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -208,13 +239,15 @@ def _is_default(key: str, value: Any) -> bool:
 
 
 def trigger(name: str, variant: str = "default", overrides: Mapping[str, Any] | None = None) -> tuple[str, dict]:
-    """(DAG id, conf) that run recipe ``name``: the training DAG with the recipe picked, or a sweep
+    """(DAG id, conf) that run recipe ``name``: its kind's DAG (training, analytics) with the recipe picked, or a sweep
     recipe's own DAG ``sweep_recipe_<name>``; ``overrides`` change its settings for this run."""
     recipe = load(name)
     overrides = dict(overrides or {})
     if recipe.is_sweep:
         return f"sweep_recipe_{name}", {"recipe_variant": variant, "overrides": overrides}
-    return "federated_training", {"recipe": name, "recipe_variant": variant, OVERRIDES: overrides}
+    if recipe.kind == "training":  # the form's overrides param: exact, even back to the config's default
+        return KINDS[recipe.kind][1], {"recipe": name, "recipe_variant": variant, OVERRIDES: overrides}
+    return KINDS[recipe.kind][1], {**overrides, "recipe": name, "recipe_variant": variant}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,13 +58,40 @@ def print_sweep(dag_id: str, seconds: int | None = None) -> int:
     return 0
 
 
+ANALYTICS_DAG = "federated_analytics"
+
+
+def print_analytics(dag_id: str, seconds: int | None = None) -> int:
+    """The newest finished run of the analytics DAG: its headline, released words and reference check."""
+    found = sorted(paths.runs_root().glob(f"{dag_id}__*/analytics_summary.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        print(f"No finished run of {dag_id} under {paths.runs_root()}.", file=sys.stderr)
+        return 1
+    summary, root = atomic.read_json(found[-1]), found[-1].parent
+    took = f" in {seconds // 60} min {seconds % 60} s" if seconds is not None else ""
+    print(f"\nfedflow: {dag_id} finished{took}.\n  {summary['headline']}\n  MLflow run           "
+          f"{summary['mlflow_run_id']}  (experiment {summary['experiment']!r})\n  run directory        {root}\n")
+    for name, heading in (("heavy_hitters", "Released heavy hitters"), ("dp_heavy_hitters", "With central DP")):
+        table = root / "heavy_hitters" / f"{name}.md"
+        if table.exists():
+            print(f"{heading} (MLflow: heavy_hitters/{name}.md):\n{table.read_text()}")
+    reference = root / "reference" / "reference_check.md"
+    if reference.exists():
+        print("Reference check (the tutorial's claims; also in MLflow under reference/):")
+        print(reference.read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--seconds", type=int, help="wall time to report")
     parser.add_argument("--validation", action="store_true", help="the newest validation summary instead")
-    parser.add_argument("--sweep", metavar="DAG_ID", help="the newest run of this sweep DAG: comparison and checks")
+    parser.add_argument("--sweep", metavar="DAG_ID", help="the newest run of this sweep DAG: comparison and checks "
+                        f"(of {ANALYTICS_DAG}: its heavy hitters and checks)")
     args = parser.parse_args(argv)
+    if args.sweep == ANALYTICS_DAG:  # `make run` passes every DAG but federated_training as --sweep
+        return print_analytics(args.sweep, args.seconds)
     if args.sweep:
         return print_sweep(args.sweep, args.seconds)
     if args.validation:
