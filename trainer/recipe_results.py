@@ -227,6 +227,14 @@ def accelerators(exp) -> dict[str, float]:
             "max_concurrent_computation_calls": exp.cfg.max_concurrent_computation_calls}
 
 
+def jax_support(exp) -> dict[str, float]:
+    """JAX support: the tutorial's JAX computations traced and typed, TFF's refusal to run them, and the jax
+    engine's round against the tff and hybrid engines' (trainer/jax_tutorial.py)."""
+    from trainer import jax_tutorial  # noqa: PLC0415 - imports jax, needed by this recipe only
+
+    return jax_tutorial.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -234,7 +242,8 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "recommended_aggregators": recommended_aggregators,
                                      "text_generation": text_generation,
                                      "client_data": client_data,
-                                     "accelerators": accelerators}
+                                     "accelerators": accelerators,
+                                     "jax_support": jax_support}
 
 
 def measure(exp) -> dict[str, float] | None:
