@@ -103,9 +103,16 @@ class JaxEngine(hybrid.HybridEngine):
         cohort = hybrid.Cohort.of(examples, x_shape)
         padded = None
         if examples:
-            padded = jax_client.stack_clients(
-                [x.reshape(len(x), -1) for x, _ in examples], [y for _, y in examples], multiple=self.cfg.batch_size
+            batch_size = self.cfg.batch_size
+            xs, ys, counts = jax_client.stack_clients(
+                [x.reshape(len(x), -1) for x, _ in examples], [y for _, y in examples], multiple=batch_size
             )
+            # Local steps padded to a power of two: one compilation serves every round whose longest client
+            # needs as many steps or fewer (each new shape costs ~1.5 s of XLA compilation here). The extra
+            # steps are fully masked, so they leave every client's weights exactly unchanged (plain SGD).
+            steps = xs.shape[1] // batch_size
+            extra = ((1 << (steps - 1).bit_length()) - steps) * batch_size
+            padded = (np.pad(xs, ((0, 0), (0, extra), (0, 0))), np.pad(ys, ((0, 0), (0, extra))), counts)
         return JaxCohort(cohort.x, cohort.y, cohort.starts, cohort.lengths, stacked=padded)
 
     def client_work(self, state, cohort: hybrid.Cohort) -> hybrid.ClientWork:

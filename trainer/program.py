@@ -397,7 +397,7 @@ def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
         log.warning("This machine has a GPU, but the tff engine computes in TFF's CPU-only worker_binary "
                     "(google-parfait/tensorflow-federated#4600). Fix: engine='hybrid' trains on the GPU.")
     log.info("Training rounds %d-%d on the %s engine%s", start_round + 1, until_round, engine,
-             f" ({runner.hybrid.device})" if runner.hybrid else "")
+             f" ({getattr(runner.hybrid, 'jax_device', runner.hybrid.device)})" if runner.hybrid else "")
     try:
         _rounds(exp, runner, state, start_round, until_round, plan, (update_bits, float_bits, num_parameters),
                 heldout, test)
