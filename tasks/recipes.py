@@ -193,7 +193,11 @@ def trigger(name: str, variant: str = "default", overrides: Mapping[str, Any] | 
     overrides = dict(overrides or {})
     if recipe.is_sweep:
         return f"sweep_recipe_{name}", {"recipe_variant": variant, "overrides": overrides}
-    return "federated_training", {**overrides, "recipe": name, "recipe_variant": variant}
+    conf = {**overrides, "recipe": name, "recipe_variant": variant}
+    # Fails here, with the config's own message (e.g. engine 'tff_jax', tasks/config_jax.py), rather than in
+    # Airflow's param check, which knows only the enum.
+    ExperimentConfig.from_mapping(apply(conf))
+    return "federated_training", conf
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,12 @@ def test_the_same_request_through_a_recipe_fails_the_same_way():
         ExperimentConfig.from_mapping(recipes.apply({"recipe": "jax_support", "engine": "tff_jax"}))
 
 
+def test_make_run_asking_for_it_stops_before_airflow_with_that_message(capsys):
+    assert recipes.main(["trigger", "jax_support", "default", '{"engine": "tff_jax"}']) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("make run: engine 'tff_jax'") and "Fix: engine='jax'" in error
+
+
 def test_an_unknown_engine_still_gets_the_list_of_engines():
     with pytest.raises(ConfigError, match=r"engine must be one of \['tff', 'hybrid', 'jax'\]\. Got 'xla'"):
         ExperimentConfig(engine="xla")
