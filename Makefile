@@ -212,3 +212,7 @@ lock: | $(UV)
 clean:
 	@[ ! -x .venv/bin/python ] || PYTHONPATH=$(ROOT) .venv/bin/python -m tasks.servers down  # servers first: their state is in .airflow/
 	rm -rf data/staged data/runs data/demo.log mlruns .airflow
+
+.PHONY: bench-jax
+bench-jax: envs
+	PYTHONPATH=$(ROOT) TF_CPP_MIN_LOG_LEVEL=2 scripts/own-group .venv-tff/bin/python bench/jax_engine.py

@@ -40,7 +40,7 @@ RECIPE_VARIANTS = ("default", "full", "tiny")
 # Training engines (README "Training on a GPU"): TFF's learning processes in worker_binary (the reference,
 # CPU only in TFF's pip build), or client work as a tf.function in the trainer (a GPU when one is visible)
 # with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all but fed_recon today).
-ENGINES = ("tff", "hybrid")
+ENGINES = ("tff", "hybrid", "jax")  # jax: tasks/config_jax.py (and why not "tff_jax")
 HYBRID_ALGORITHMS = tuple(a for a in ALGORITHMS if a != RECONSTRUCTION["algorithm"])
 # TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
 AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", "custom")
@@ -218,7 +218,9 @@ class ExperimentConfig:
         "tff", section="Algorithm", title="Training engine", enum=list(ENGINES),
         description="'tff': TFF's own learning process (the reference; CPU only in TFF's pip build). 'hybrid': "
         "each client's local training as one TensorFlow function in the trainer, on the GPU when the worker has "
-        "one, with TFF's aggregation and server optimizer; equal to 'tff' per round (README: Training on a GPU).",
+        "one, with TFF's aggregation and server optimizer; equal to 'tff' per round (README: Training on a GPU). 'jax': "
+        "the same with the local training in JAX (jit), models softmax and mlp (recipe jax_support); TFF itself "
+        "cannot execute JAX computations in its pip package, so 'tff_jax' is refused.",
     )
     rounds: int = _field(
         40, section="Algorithm", title="Rounds", minimum=1, maximum=10000,

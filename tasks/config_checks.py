@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from tasks import config_jax
 from tasks.config import (
     _DEFAULTS,
     DATASET_KINDS,
@@ -59,6 +60,7 @@ def check(cfg: ExperimentConfig) -> None:
             f"algorithm {cfg.algorithm!r} runs on the 'tff' engine only. Got engine='hybrid'. "
             f"Fix: engine='tff', or one of {list(HYBRID_ALGORITHMS)}."
         )
+    config_jax.check(cfg)
     _check_data(cfg)
     _check_reconstruction(cfg)
     _check_text(cfg)

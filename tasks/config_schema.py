@@ -10,6 +10,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from tasks import config_jax
 from tasks.config import ConfigError, ExperimentConfig
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
@@ -45,7 +46,8 @@ def checked(f: dataclasses.Field, value: Any) -> Any:
     if "maximum" in meta and value > meta["maximum"]:
         raise ConfigError(f"{name} must be {bounds}. Got {value!r}.")
     if "enum" in meta and value not in meta["enum"]:
-        raise ConfigError(f"{name} must be one of {meta['enum']}. Got {value!r}.")
+        unavailable = config_jax.unavailable_choice(name, value)  # a choice TFF 0.87 cannot offer, and why
+        raise ConfigError(unavailable or f"{name} must be one of {meta['enum']}. Got {value!r}.")
     if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
         raise ConfigError(f"{name} must match {meta['pattern']!r}. Got {value!r}.")
     return value

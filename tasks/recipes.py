@@ -245,9 +245,13 @@ def trigger(name: str, variant: str = "default", overrides: Mapping[str, Any] | 
     overrides = dict(overrides or {})
     if recipe.is_sweep:
         return f"sweep_recipe_{name}", {"recipe_variant": variant, "overrides": overrides}
-    if recipe.kind == "training":  # the form's overrides param: exact, even back to the config's default
-        return KINDS[recipe.kind][1], {"recipe": name, "recipe_variant": variant, OVERRIDES: overrides}
-    return KINDS[recipe.kind][1], {**overrides, "recipe": name, "recipe_variant": variant}
+    if recipe.kind != "training":
+        return KINDS[recipe.kind][1], {**overrides, "recipe": name, "recipe_variant": variant}
+    conf = {"recipe": name, "recipe_variant": variant, OVERRIDES: overrides}  # exact, even back to a default
+    # Fails here, with the config's own message (e.g. engine 'tff_jax', tasks/config_jax.py), rather than in
+    # Airflow's param check, which knows only the enum.
+    ExperimentConfig.from_mapping(apply(conf))
+    return "federated_training", conf
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="bring a run to a round")
     train.add_argument("--run-dir", type=Path, required=True)
     train.add_argument("--until-round", type=int, required=True)
-    train.add_argument("--engine", choices=("tff", "hybrid"), help="override the config's engine for this chunk")
+    train.add_argument("--engine", choices=("tff", "hybrid", "jax"), help="override the config's engine for this chunk")
     export = sub.add_parser("export", help="evaluate and save the final model")
     export.add_argument("--run-dir", type=Path, required=True)
     pretrain = sub.add_parser("pretrain", help="train the warm-start model centrally (trainer/pretrain.py)")

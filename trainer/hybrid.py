@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -71,6 +72,17 @@ class Cohort:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+
+class ClientWork(NamedTuple):
+    """A cohort's local training: the summed unfinalized metrics, and either each client's update
+    (``updates``: per weight, stacked [K, ...]; ``client_weights`` [K]) or their plain mean (``mean``,
+    per weight) when TFF's default mean is computed with the client work."""
+
+    unfinalized: Mapping
+    updates: list[np.ndarray] | None = None
+    client_weights: np.ndarray | None = None
+    mean: list | None = None
 
 
 def _client_slices(cohort: Cohort) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -178,6 +190,10 @@ class HybridEngine:
     # -- one round -------------------------------------------------------------------------------
     def next(self, state, cohort: Cohort):
         """One round: returns (new state, metrics structured as the TFF learning process reports them)."""
+        return self.finish_round(state, cohort, self.client_work(state, cohort))
+
+    def client_work(self, state, cohort: Cohort) -> ClientWork:
+        """The cohort's local training from the state's global model (the part an engine replaces)."""
         weights = state.global_model_weights
         trainable = [tf.convert_to_tensor(w) for w in weights.trainable]
         non_trainable = [tf.convert_to_tensor(w) for w in weights.non_trainable]
@@ -194,20 +210,31 @@ class HybridEngine:
         if self.in_graph_mean:
             with tf.device(self.device):
                 aggregate, unfinalized = train_mean(*arguments)
+            return ClientWork(unfinalized, mean=list(aggregate))
+        with tf.device(self.device):
+            updates, client_weights, unfinalized = train(*arguments)
+        return ClientWork(unfinalized, updates=[u.numpy() for u in updates], client_weights=client_weights.numpy())
+
+    def finish_round(self, state, cohort: Cohort, work: ClientWork):
+        """Aggregation (TFF's process, or the in-graph mean) and the server step after ``work``: the new
+        state and the round's metrics."""
+        weights = state.global_model_weights
+        trainable = [tf.convert_to_tensor(w) for w in weights.trainable]
+        if work.mean is not None:
+            aggregate = [tf.convert_to_tensor(u) for u in work.mean]
             aggregator_state, measurements = state.aggregator, collections.OrderedDict()  # TFF's mean reports none
             norms = {}
         else:
-            with tf.device(self.device):
-                updates, client_weights, unfinalized = train(*arguments)
-            updates = [u.numpy() for u in updates]
+            updates = work.updates
             per_client = [[u[k] for u in updates] for k in range(len(cohort))]
             if cohort.update_scales is not None:  # the fault: a client sends its update scaled (corrupt_clients)
                 per_client = [[u * scale for u in update] for update, scale in zip(per_client, cohort.update_scales,
                                                                                    strict=True)]
             norms = client_updates.norm_measurements(per_client, client_updates.clip_target_quantile(self.cfg))
-            output = self.aggregation.next(state.aggregator, per_client, list(client_weights.numpy()))
+            output = self.aggregation.next(state.aggregator, per_client, list(work.client_weights))
             aggregate = [tf.convert_to_tensor(u) for u in output.result]
             aggregator_state, measurements = output.state, output.measurements
+        unfinalized = work.unfinalized
         opt_state = tf.nest.map_structure(tf.convert_to_tensor, state.finalizer)
         with tf.device(self.device):
             new_opt_state, new_trainable, rejected = self._server_step(opt_state, trainable, aggregate)

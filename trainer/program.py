@@ -295,6 +295,7 @@ def record_environment(run: RunPaths, engine: str = "tff") -> dict:
         "devices": devices,
         "engine": engine,
         "train_device": devices[0] if engine == "hybrid" else "CPU (TFF worker_binary)",
+        **({"train_device": f"jax {_jax_device()}"} if engine == "jax" else {}),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "host": platform.node(),
     }
@@ -308,8 +309,8 @@ class RoundRunner:
 
     def __init__(self, exp: Experiment, engine: str, clients: dict, index: dict, client_ids: list[str], *,
                  lock_step: bool | None = None) -> None:
-        if engine not in ("tff", "hybrid"):
-            raise Error(f"engine must be 'tff' or 'hybrid'. Got {engine!r}.")
+        if engine not in ("tff", "hybrid", "jax"):
+            raise Error(f"engine must be 'tff', 'hybrid' or 'jax'. Got {engine!r}.")
         if engine == "hybrid" and exp.cfg.learning_process:
             raise Error(f"learning_process {exp.cfg.learning_process!r} runs on the 'tff' engine only (the hybrid "
                         "trains the built-in algorithms). Fix: engine='tff'.")
@@ -319,6 +320,10 @@ class RoundRunner:
         self.exp, self.engine, self.clients, self.index, self.client_ids = exp, engine, clients, index, client_ids
         self.hybrid = (hybrid.HybridEngine(exp.cfg, exp.model_fn, exp.process, lock_step=lock_step)
                        if engine == "hybrid" else None)
+        if engine == "jax":  # the hybrid's round with the client work in JAX (trainer/jax_engine.py)
+            from trainer import jax_engine  # noqa: PLC0415 - imports jax, needed by this engine only
+
+            self.hybrid = jax_engine.JaxEngine(exp.cfg, exp.model_fn, exp.process)
         self._pool = concurrent.futures.ThreadPoolExecutor(1) if self.hybrid else None
         self._pending: dict[int, concurrent.futures.Future] = {}
 
@@ -348,6 +353,12 @@ class RoundRunner:
     def close(self) -> None:
         if self._pool:
             self._pool.shutdown(cancel_futures=True)
+
+
+def _jax_device() -> str:
+    from trainer import jax_engine  # noqa: PLC0415 - imports jax, needed by this engine only
+
+    return jax_engine.device_name()
 
 
 def _gpu_memory_peak_mb() -> dict[str, float]:
@@ -386,7 +397,7 @@ def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
         log.warning("This machine has a GPU, but the tff engine computes in TFF's CPU-only worker_binary "
                     "(google-parfait/tensorflow-federated#4600). Fix: engine='hybrid' trains on the GPU.")
     log.info("Training rounds %d-%d on the %s engine%s", start_round + 1, until_round, engine,
-             f" ({runner.hybrid.device})" if runner.hybrid else "")
+             f" ({getattr(runner.hybrid, 'jax_device', runner.hybrid.device)})" if runner.hybrid else "")
     try:
         _rounds(exp, runner, state, start_round, until_round, plan, (update_bits, float_bits, num_parameters),
                 heldout, test)

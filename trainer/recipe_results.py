@@ -243,6 +243,14 @@ def random_noise_generation(exp) -> dict[str, float]:
     return random_noise.measure(exp)
 
 
+def jax_support(exp) -> dict[str, float]:
+    """JAX support: the tutorial's JAX computations traced and typed, TFF's refusal to run them, and the jax
+    engine's round against the tff and hybrid engines' (trainer/jax_tutorial.py)."""
+    from trainer import jax_tutorial  # noqa: PLC0415 - imports jax, needed by this recipe only
+
+    return jax_tutorial.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -253,6 +261,7 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "accelerators": accelerators,
                                      "custom_federated_algorithms": custom_federated_algorithms,
                                      "random_noise_generation": random_noise_generation,
+                                     "jax_support": jax_support,
                                      }
 
 

@@ -214,7 +214,7 @@ def test_optional_text_fields_accept_null_from_the_trigger_form_as_not_set():
 
 def test_the_engine_is_tff_or_hybrid_and_the_hybrid_refuses_an_algorithm_it_does_not_run(monkeypatch):
     assert ExperimentConfig().engine == "tff"
-    with pytest.raises(ConfigError, match=r"engine must be one of \['tff', 'hybrid'\]"):
+    with pytest.raises(ConfigError, match=r"engine must be one of \['tff', 'hybrid', 'jax'\]"):
         ExperimentConfig(engine="gpu")
     monkeypatch.setattr(config_checks, "HYBRID_ALGORITHMS", ("fedavg",))
     with pytest.raises(ConfigError, match="runs on the 'tff' engine only.*Fix: engine='tff'"):
