@@ -227,6 +227,14 @@ def accelerators(exp) -> dict[str, float]:
             "max_concurrent_computation_calls": exp.cfg.max_concurrent_computation_calls}
 
 
+def sparse_federated_learning(exp) -> dict[str, float]:
+    """federated_select and sparse federated learning: the tutorials' examples, what each client received and
+    moved, and the trivial baseline (trainer/sparse_training.py)."""
+    from trainer import sparse_training  # noqa: PLC0415 - it imports this module
+
+    return sparse_training.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -234,7 +242,8 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "recommended_aggregators": recommended_aggregators,
                                      "text_generation": text_generation,
                                      "client_data": client_data,
-                                     "accelerators": accelerators}
+                                     "accelerators": accelerators,
+                                     "sparse_federated_learning": sparse_federated_learning}
 
 
 def measure(exp) -> dict[str, float] | None:

@@ -318,24 +318,27 @@ def federated_select_example(server_strings=("a", "b", "c"), client_data=("0,1",
 
 
 # -- evaluation (the tutorial's compiled Keras metrics) -----------------------------------------------------
-def evaluate(table: np.ndarray, token_ids: np.ndarray, tags: np.ndarray, top_k: tuple[int, ...] = (2,)) -> dict:
-    """The tutorial's ``model.evaluate`` of the dense table on examples (``token_ids`` as :func:`batches` takes
-    them): mean binary cross-entropy ``loss``, ``precision`` (threshold 0.5), ``auc`` (Keras' ROC AUC over all
-    (example, tag) pairs) and ``recall_at_<k>`` (``Recall(top_k=k)``), all batch-independent."""
-    if not len(tags):
-        raise Error("evaluate needs at least one example. Got none. Fix: evaluate on clients with examples.")
-    ids = np.asarray(token_ids, np.int64).reshape(len(tags), -1)
+def predict(table: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+    """``sigmoid(multi-hot(token_ids) @ table)``, ``token_ids`` as :func:`batches` takes them."""
+    ids = np.asarray(token_ids, np.int64).reshape(len(token_ids), -1)
     rows, cols = np.nonzero(ids >= 0)
     features = tf.sparse.reorder(
         tf.SparseTensor(
             np.stack([rows, ids[rows, cols]], 1).astype(np.int64),
             np.ones(len(rows), np.float32),
-            [len(tags), table.shape[0]],
+            [len(ids), table.shape[0]],
         )
     )
-    logits = tf.sparse.sparse_dense_matmul(features, tf.constant(table, tf.float32))
-    labels = tf.constant(tags, tf.float32)
-    predictions = tf.sigmoid(logits)
+    return tf.sigmoid(tf.sparse.sparse_dense_matmul(features, tf.constant(table, tf.float32))).numpy()
+
+
+def score(predictions: np.ndarray, tags: np.ndarray, top_k: tuple[int, ...] = (2,)) -> dict[str, float]:
+    """The tutorial's ``model.evaluate`` metrics of ``predictions`` (probabilities): mean binary cross-entropy
+    ``loss``, ``precision`` (threshold 0.5), ``auc`` (Keras' ROC AUC over all (example, tag) pairs) and
+    ``recall_at_<k>`` (``Recall(top_k=k)``); all batch-independent, so computed on all examples at once."""
+    if not len(tags):
+        raise Error("score needs at least one example. Got none. Fix: evaluate on clients with examples.")
+    labels, predictions = tf.constant(tags, tf.float32), tf.constant(predictions, tf.float32)
     result = {"loss": float(tf.keras.losses.BinaryCrossentropy()(labels, predictions))}
     metrics = {
         "precision": tf.keras.metrics.Precision(),
@@ -346,3 +349,8 @@ def evaluate(table: np.ndarray, token_ids: np.ndarray, tags: np.ndarray, top_k: 
         metric.update_state(labels, predictions)
         result[name] = float(metric.result())
     return result
+
+
+def evaluate(table: np.ndarray, token_ids: np.ndarray, tags: np.ndarray, top_k: tuple[int, ...] = (2,)) -> dict:
+    """:func:`score` of the table's predictions."""
+    return score(predict(table, token_ids), tags, top_k)
