@@ -13,7 +13,8 @@ the example's tokens)``. One round (:func:`build_sparse_round`), as the tutorial
    small ``[max_tokens, num_tags]`` model with SGD on the binary cross-entropy, and sends back the change of its
    ``actual_num_tokens`` real rows with their keys (an ``IndexedSlices``-like update);
 4. the server sums the sparse updates into a dense table (``federated_aggregate``), divides by the number of
-   clients and adds the mean update to its table (server learning rate 1).
+   clients and adds the mean update to its table (server learning rate 1 in the tutorial; ``server_learning_rate``
+   scales it).
 
 TFF 0.87 has no ``SparseTensorSpec`` in ``tff.SequenceType``, where the tutorial's datasets yield a
 ``tf.SparseTensor`` of tokens. Here a batch carries that sparse tensor's three components as plain tensors
@@ -55,6 +56,7 @@ class SparseProblem:
     num_tags: int
     max_tokens: int
     client_learning_rate: float
+    server_learning_rate: float = 1.0  # the tutorial's: the table plus the mean update
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= self.vocab_size:
@@ -229,7 +231,7 @@ def build_sparse_round(problem: SparseProblem) -> tff.Computation:
 
     @tff.tensorflow.computation
     def server_update(table, update_sum, num_clients):
-        return table + update_sum / num_clients
+        return table + problem.server_learning_rate * (update_sum / num_clients)
 
     @tff.federated_computation(tff.FederatedType(table_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS))
     def sparse_round(table, data):

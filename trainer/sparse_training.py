@@ -74,6 +74,7 @@ def load_experiment(paths: RunPaths, cfg: ExperimentConfig, manifest: shards.Man
         num_tags=len(data.plays),
         max_tokens=cfg.max_tokens_per_client,
         client_learning_rate=cfg.client_learning_rate,
+        server_learning_rate=cfg.server_learning_rate,
     )
     checkpoints = CheckpointStore(paths.checkpoints, keep=cfg.keep_checkpoints)
     return SparseExperiment(cfg, paths, manifest, data, problem, SparseProcess(problem), checkpoints)

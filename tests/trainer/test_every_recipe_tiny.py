@@ -19,6 +19,7 @@ from tasks.paths import RunPaths
 from trainer import program
 
 ELSEWHERE = {"text_generation", "reconstruction"}
+ELSEWHERE |= {"sparse_federated_learning"}  # the plays: tests/e2e/test_recipe_sparse.py
 DIGITS_RECIPES = [name for name in recipes.names() if name not in ELSEWHERE]
 
 
