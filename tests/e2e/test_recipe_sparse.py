@@ -25,9 +25,13 @@ def test_make_run_sparse_federated_learning_logs_bytes_per_client_and_passes_the
     [run] = client.search_runs([client.get_experiment_by_name("e2e-sparse").experiment_id])
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert params["algorithm"] == "sparse_select" and params["model"] == "bag_of_words_logistic"
-    for check in ("federated_select_example_exact", "toy_run_matches_the_tutorial",
-                  "clients_receive_exactly_their_rows", "bytes_equal_rows_times_row_size",
-                  "download_is_a_small_part_of_the_model"):
+    for check in (
+        "federated_select_example_exact",
+        "toy_run_matches_the_tutorial",
+        "clients_receive_exactly_their_rows",
+        "bytes_equal_rows_times_row_size",
+        "download_is_a_small_part_of_the_model",
+    ):
         assert tags[f"fedflow.reference.{check}"] == "pass", check
     assert metrics["bytes_downloaded_per_client"] == 50 * 6 * 4  # tiny: 50 rows of 6 plays, float32
     assert metrics["bytes_downloaded_per_client"] < metrics["dense_model_bytes"] / 10
