@@ -1,14 +1,15 @@
-"""The plays as a sparse tag-prediction task (algorithm ``sparse_select``): bag-of-words of a line of speech -> the
-play it is from.
+"""The plays as a sparse tag-prediction task (algorithm ``sparse_select``): bag-of-words of a passage of speech ->
+the play it is from.
 
 The sparse tutorial predicts a StackOverflow post's tags from the bag of its words (its own example: 12 words,
-3 tags). Here the clients are the staged Shakespeare roles (``<PLAY>_<ROLE>``), an example is one line of a
-role's speech, its tokens the distinct words of the line (lower case, ``[a-z]+('[a-z]+)*``) and its one tag the
-play (one of the configured ``plays``, in their sorted order). The vocabulary is the ``vocab_size`` words that
-occur in the most training lines (ties by the word), built from the training clients only (the held-out and test
-roles never shape it), plus one OOV token, as the tutorial's ``NUM_OOV_BUCKETS = 1``; every play is a known
-tag, so there is no OOV tag. A large vocabulary and roles that use a few hundred words each make the model worth
-selecting rows from: each client downloads ``max_tokens_per_client`` of its ``vocab_size + 1`` rows.
+3 tags). Here the clients are the staged Shakespeare roles (``<PLAY>_<ROLE>``), an example is a passage of
+:data:`LINES_PER_EXAMPLE` consecutive lines of a role's speech, its tokens the passage's distinct words (lower
+case, ``[a-z]+('[a-z]+)*``) and its one tag the play (one of the configured ``plays``, in their sorted order). The
+vocabulary is the ``vocab_size`` words that occur in the most training lines (ties by the word), built from the
+training clients only (the held-out and test roles never shape it), plus one OOV token, as the tutorial's
+``NUM_OOV_BUCKETS = 1``; every play is a known tag, so there is no OOV tag. A large vocabulary and roles that
+use a few hundred words each make the model worth selecting rows from: each client downloads
+``max_tokens_per_client`` of its ``vocab_size + 1`` rows.
 """
 
 from __future__ import annotations
