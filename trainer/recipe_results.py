@@ -242,8 +242,8 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "recommended_aggregators": recommended_aggregators,
                                      "text_generation": text_generation,
                                      "client_data": client_data,
-                                     "accelerators": accelerators,
-                                     "sparse_federated_learning": sparse_federated_learning}
+                                     "accelerators": accelerators}
+MEASUREMENTS["sparse_federated_learning"] = sparse_federated_learning
 
 
 def measure(exp) -> dict[str, float] | None:
