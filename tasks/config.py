@@ -42,6 +42,11 @@ RECIPE_VARIANTS = ("default", "full", "tiny")
 # with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all but fed_recon today).
 ENGINES = ("tff", "hybrid", "jax")  # jax: tasks/config_jax.py (and why not "tff_jax")
 HYBRID_ALGORITHMS = tuple(a for a in ALGORITHMS if a != RECONSTRUCTION["algorithm"])
+# Sparse federated learning (trainer/sparse_training.py): each client federated_selects the rows of the words it
+# uses from a bag-of-words model of the plays; only together, on the tff engine (so not a hybrid algorithm).
+SPARSE_SELECT = {"algorithm": "sparse_select", "model": "bag_of_words_logistic", "dataset": "shakespeare"}
+ALGORITHMS = (*ALGORITHMS, SPARSE_SELECT["algorithm"])
+MODELS = (*MODELS, SPARSE_SELECT["model"])
 # TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
 AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", "custom")
 DP_CLIPPING = ("adaptive", "fixed")
@@ -298,6 +303,16 @@ class ExperimentConfig:
     embedding_dim: int = _field(
         50, section="Model", title="Embedding size", minimum=1, maximum=1024,
         description="matrix_factorization: latent factors of the user and item embeddings (50 in the tutorial).",
+    )
+    vocab_size: int = _field(
+        10000, section="Model", title="Vocabulary size", minimum=1, maximum=10**7,
+        description="bag_of_words_logistic (algorithm sparse_select): the words with a row in the model, those in "
+        "the most training lines; one more row is the out-of-vocabulary token.",
+    )
+    max_tokens_per_client: int = _field(
+        6, section="Algorithm", title="Rows selected per client", minimum=1, maximum=10**6,
+        description="sparse_select: each client federated_selects the rows of its this-many most frequent words "
+        "(the sparse tutorial's MAX_TOKENS_SELECTED_PER_CLIENT, 6), which bounds what it downloads and uploads.",
     )
     max_concurrent_computation_calls: int = _field(
         0, section="Algorithm", title="TFF concurrent computation calls", minimum=0, maximum=1024,

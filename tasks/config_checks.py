@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from tasks import config_jax
+from tasks import config_jax, config_sparse
 from tasks.config import (
     _DEFAULTS,
     DATASET_KINDS,
@@ -16,6 +16,7 @@ from tasks.config import (
     MAX_CHUNKS,
     PATH_DATASETS,
     RECONSTRUCTION,
+    SPARSE_SELECT,
     TEXT_MODELS,
     ConfigError,
 )
@@ -63,6 +64,7 @@ def check(cfg: ExperimentConfig) -> None:
     config_jax.check(cfg)
     _check_data(cfg)
     _check_reconstruction(cfg)
+    config_sparse.check(cfg)
     _check_text(cfg)
     if cfg.num_chunks > MAX_CHUNKS:
         needed = math.ceil(cfg.rounds / MAX_CHUNKS)
@@ -215,6 +217,8 @@ def check_trainable(cfg: ExperimentConfig) -> None:
     """Raises ConfigError when the training engine cannot train ``model`` on this data set's kind
     (known before staging for the named data sets; path sources are checked after staging)."""
     kind = DATASET_KINDS.get(cfg.dataset)
+    if cfg.algorithm == SPARSE_SELECT["algorithm"]:  # check() saw to its model and shakespeare
+        return
     if cfg.algorithm == RECONSTRUCTION["algorithm"]:  # __post_init__ checked that it has movielens
         return
     if cfg.model in TEXT_MODELS or kind == "text":

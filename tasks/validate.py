@@ -371,6 +371,11 @@ def _check_model(manifest: shards.Manifest, cfg: ExperimentConfig) -> Check:
                 f"model 'matrix_factorization' factorises ratings (item_id, rating, and the source's max_item_id); "
                 f"this is {schema.kind} data with columns {sorted(names)}. Fix: dataset='movielens'."])
         return _passed("model compatibility", "model 'matrix_factorization' fits the ratings (item_id, rating)")
+    if cfg.model == "bag_of_words_logistic":  # sparse_select (trainer/sparse_training.py): a line's words -> its play
+        if schema.kind == "text":
+            return _passed("model compatibility", f"model {cfg.model!r} tags the lines of {schema.x!r} with their play")
+        return _failed("model compatibility", [f"model {cfg.model!r} reads lines of text; this is {schema.kind} data. "
+                                               "Fix: dataset='shakespeare'."])
     if cfg.model in TEXT_MODELS:  # next-character prediction (trainer/text.py)
         if schema.kind == "text":
             return _passed("model compatibility", f"model {cfg.model!r} predicts the next character of {schema.x!r}")

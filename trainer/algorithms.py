@@ -84,6 +84,13 @@ def _fed_recon(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
     return reconstruction.build_learning_process(cfg, model_fn)
 
 
+def _sparse_select(cfg: ExperimentConfig, model_fn: Callable) -> LearningProcess:
+    raise NotImplementedError(
+        "sparse_select is no tff.learning process: trainer/sparse_training.py runs its federated_select round. "
+        f"Got algorithm={cfg.algorithm!r}, model_fn={model_fn!r}."
+    )
+
+
 ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] = {
     "fedavg": _fedavg,
     "fedavg_unweighted": _fedavg,
@@ -93,6 +100,7 @@ ALGORITHMS: dict[str, Callable[[ExperimentConfig, Callable], LearningProcess]] =
     "fedyogi": _fedavg,
     "fedadagrad": _fedavg,
     "fed_recon": _fed_recon,
+    "sparse_select": _sparse_select,
 }
 
 

@@ -82,6 +82,10 @@ def load_experiment(run_dir: Path) -> Experiment | reconstruction.ReconExperimen
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
     if cfg.algorithm == "fed_recon":  # matrix factorisation of ratings: its own model and loop
         return reconstruction.load_experiment(paths, cfg, manifest)
+    if cfg.algorithm == "sparse_select":  # federated_select of a bag-of-words model's rows: its own round
+        from trainer import sparse_training  # noqa: PLC0415
+
+        return sparse_training.load_experiment(paths, cfg, manifest)
     input_shape, num_classes = model_input_shape(manifest), model_num_classes(manifest)
     if cfg.aggregator == "secure":
         # The local C++ runtime cannot run secure-sum intrinsics; TFF's test context replaces them with
@@ -262,6 +266,10 @@ def train_until_round(run_dir: Path, until_round: int, engine: str | None = None
     record_environment(exp.paths, engine)
     if isinstance(exp, reconstruction.ReconExperiment):
         return reconstruction.train_until_round(exp, until_round)  # exports after the last round too
+    if exp.cfg.algorithm == "sparse_select":
+        from trainer import sparse_training  # noqa: PLC0415
+
+        return sparse_training.train_until_round(exp, until_round)  # exports after the last round too
     reached = _train(exp, until_round, engine)
     if reached == exp.cfg.rounds:
         export_model(exp)
@@ -458,6 +466,10 @@ def export_model(exp: Experiment) -> dict:
 
     if isinstance(exp, reconstruction.ReconExperiment):
         return reconstruction.export(exp)
+    if exp.cfg.algorithm == "sparse_select":
+        from trainer import sparse_training  # noqa: PLC0415
+
+        return sparse_training.export(exp)
     latest = exp.checkpoints.load_latest()
     if latest is None or latest.round_num != exp.cfg.rounds:
         reached = None if latest is None else latest.round_num

@@ -251,6 +251,14 @@ def jax_support(exp) -> dict[str, float]:
     return jax_tutorial.measure(exp)
 
 
+def sparse_federated_learning(exp) -> dict[str, float]:
+    """federated_select and sparse federated learning: the tutorials' examples, what each client received and
+    moved, and the trivial baseline (trainer/sparse_training.py)."""
+    from trainer import sparse_training  # noqa: PLC0415 - it imports this module
+
+    return sparse_training.measure(exp)
+
+
 MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classification,
                                      "custom_aggregators": custom_aggregators,
                                      "build_your_own_algorithm": build_your_own_algorithm,
@@ -262,6 +270,7 @@ MEASUREMENTS: dict[str, Callable] = {"image_classification": image_classificatio
                                      "custom_federated_algorithms": custom_federated_algorithms,
                                      "random_noise_generation": random_noise_generation,
                                      "jax_support": jax_support,
+                                     "sparse_federated_learning": sparse_federated_learning,
                                      }
 
 

@@ -7,7 +7,8 @@ values; the default sizes' outcomes are in the README.
 The recipes on other data run end to end elsewhere: text_generation (tests/e2e/test_text_generation_run.py,
 pretraining and the registry) and reconstruction (tests/e2e/test_recipe_reconstruction.py, MovieLens); the
 analytics recipe private_heavy_hitters trains nothing (tests/trainer/test_heavy_hitters.py,
-tests/e2e/test_recipe_private_heavy_hitters.py)."""
+tests/e2e/test_recipe_private_heavy_hitters.py); sparse_federated_learning trains on the plays
+(tests/trainer/test_sparse_select.py, tests/e2e/test_recipe_sparse.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tasks.config import ExperimentConfig
 from tasks.paths import RunPaths
 from trainer import program
 
-ELSEWHERE = {"text_generation", "reconstruction", "private_heavy_hitters"}
+ELSEWHERE = {"text_generation", "reconstruction", "private_heavy_hitters", "sparse_federated_learning"}
 DIGITS_RECIPES = [name for name in recipes.names() if name not in ELSEWHERE]
 
 
