@@ -48,10 +48,10 @@ def main() -> None:
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from trainer import lifecycle, program
+    from trainer import devices, lifecycle, program
 
     lifecycle.install()  # also gives workers SIGINT back: switching contexts ends the previous one with it
-    gpus = program.gpu_names()
+    gpus = devices.gpu_names()
     device = f"{os.cpu_count()} CPU cores, {'GPUs: ' + ', '.join(gpus) if gpus else 'no GPU'}"
     load_before = os.getloadavg()
     settings = [("tff", int(v)) for v in args.calls.split(",")] + ([("hybrid", 0)] if args.hybrid else [])

@@ -16,40 +16,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# Chunk tasks are a fixed chain built when the DAG is parsed; a config may use at most this many.
-MAX_CHUNKS = 10
-
-DATASETS = ("digits", "h5", "tff_sqlite", "leaf", "table", "shakespeare", "movielens")
-PATH_DATASETS = ("h5", "tff_sqlite", "leaf", "table")
-# Kinds of the named data sets known before staging (path sources are known once read).
-DATASET_KINDS = {"digits": "image", "shakespeare": "text", "movielens": "ratings"}
-PARTITIONS = ("dirichlet", "iid", "pathological", "shards")
-SPLITS = ("auto", "central", "within_client", "by_client", "source")
-MODELS = ("cnn", "mlp", "softmax", "matrix_factorization", "char_gru", "vgg_small", "vgg_large")
-# Models of text data (next-character prediction; trainer/text.py), trained on the 'tff' engine.
-TEXT_MODELS = ("char_gru",)
-# A model in MLflow's registry by alias: the warm start of a run (and where its pretraining registers).
-WARM_START_PATTERN = r"^(models:/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}@[A-Za-z][A-Za-z0-9_\-]{0,99})?$"
-# Names of trainer/algorithms.py's ALGORITHMS table (a test keeps the two in step).
-ALGORITHMS = ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fed_recon")
-# Federated Reconstruction (trainer/reconstruction.py): matrix factorisation of the movielens ratings only.
-RECONSTRUCTION = {"algorithm": "fed_recon", "model": "matrix_factorization", "dataset": "movielens"}
-CLIENT_SAMPLING = ("uniform", "poisson", "fixed")
-# Recipe sizes (recipes/<name>.yaml): "default" runs in minutes on 2 cores, "full" as the tutorial, "tiny" in tests.
-RECIPE_VARIANTS = ("default", "full", "tiny")
-# Training engines (README "Training on a GPU"): TFF's learning processes in worker_binary (the reference,
-# CPU only in TFF's pip build), or client work as a tf.function in the trainer (a GPU when one is visible)
-# with TFF's aggregation and server optimizer. The hybrid runs these algorithms (all but fed_recon today).
-ENGINES = ("tff", "hybrid", "jax")  # jax: tasks/config_jax.py (and why not "tff_jax")
-HYBRID_ALGORITHMS = tuple(a for a in ALGORITHMS if a != RECONSTRUCTION["algorithm"])
-# Sparse federated learning (trainer/sparse_training.py): each client federated_selects the rows of the words it
-# uses from a bag-of-words model of the plays; only together, on the tff engine (so not a hybrid algorithm).
-SPARSE_SELECT = {"algorithm": "sparse_select", "model": "bag_of_words_logistic", "dataset": "shakespeare"}
-ALGORITHMS = (*ALGORITHMS, SPARSE_SELECT["algorithm"])
-MODELS = (*MODELS, SPARSE_SELECT["model"])
-# TFF's recommended model-update aggregators (tff.learning.*_aggregator); built in trainer/aggregators.py.
-AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", "custom")
-DP_CLIPPING = ("adaptive", "fixed")
+# The choices of the fields; other modules import them from here.
+from tasks.config_choices import (  # noqa: F401 - re-exported
+    AGGREGATORS,
+    ALGORITHMS,
+    CLIENT_SAMPLING,
+    DATASET_KINDS,
+    DATASETS,
+    DP_CLIPPING,
+    ENGINES,
+    HYBRID_ALGORITHMS,
+    MAX_CHUNKS,
+    MODELS,
+    PARTITIONS,
+    PATH_DATASETS,
+    RECIPE_VARIANTS,
+    RECONSTRUCTION,
+    SPARSE_SELECT,
+    SPLITS,
+    TEXT_MODELS,
+    WARM_START_PATTERN,
+)
 
 
 class Error(Exception):
@@ -183,7 +170,8 @@ class ExperimentConfig:
         "softmax regression (TFF's image-classification tutorial); 'matrix_factorization': item embeddings on the "
         "server, one user embedding kept on each client (algorithm fed_recon, dataset movielens); 'char_gru': the "
         "text-generation tutorial's character GRU (text data; width rnn_units); 'vgg_small' / 'vgg_large': the "
-        "VGG-like CNNs of TFF's simulations-with-accelerators tutorial (2,731,082 / 5,827,658 parameters).",
+        "VGG-like CNNs of TFF's simulations-with-accelerators tutorial (2,731,082 / 5,827,658 parameters); "
+        "'bag_of_words_logistic': a word -> play table whose rows clients select (algorithm sparse_select).",
     )
     rnn_units: int = _field(
         1024, section="Model", title="GRU units", minimum=1, maximum=4096,
@@ -217,7 +205,8 @@ class ExperimentConfig:
         "fedavg", section="Algorithm", title="Algorithm", enum=list(ALGORITHMS),
         description="fedavg (weighted by examples), fedavg_unweighted, fedsgd, fedprox, or FedAvg with an "
         "adaptive server optimizer: fedadam, fedyogi, fedadagrad (use a server learning rate of ~0.01-0.1); "
-        "fed_recon: Federated Reconstruction (Singhal et al. 2021) of a matrix factorisation on movielens.",
+        "fed_recon: Federated Reconstruction (Singhal et al. 2021) of a matrix factorisation on movielens; "
+        "sparse_select: each client federated_selects and trains only its words' rows (the sparse tutorial).",
     )
     engine: str = _field(
         "tff", section="Algorithm", title="Training engine", enum=list(ENGINES),

@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import program  # imports TensorFlow and TFF (11-18 s)
 
     if args.command == "pretrain":
+        from trainer import devices
         from trainer import pretrain as pretraining
 
-        program.configure_devices()
+        devices.configure_devices()
         pretraining.pretrain(args.run_dir)
     elif args.command == "train":
         program.train_until_round(args.run_dir, args.until_round, args.engine)

@@ -11,10 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import importlib.metadata
 import logging
-import os
-import platform
 import shutil
 import time
 import uuid
@@ -33,6 +30,7 @@ from trainer import (
     aggregators,
     algorithms,
     client_updates,
+    devices,
     hybrid,
     lifecycle,
     models,
@@ -63,20 +61,8 @@ class Experiment:
     fed_eval: tff.learning.templates.LearningProcess | None = None
 
 
-def configure_devices() -> list[str]:
-    """GPU memory grows as needed (TensorFlow would otherwise reserve the whole card at start-up);
-    returns the visible GPUs. A GPU worker pins its trainer to one card with CUDA_VISIBLE_DEVICES."""
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process (tests build several experiments)
-            pass
-    return [gpu.name for gpu in gpus]
-
-
 def load_experiment(run_dir: Path) -> Experiment | reconstruction.ReconExperiment:
-    configure_devices()
+    devices.configure_devices()
     paths = RunPaths(Path(run_dir))
     cfg = ExperimentConfig.read_json(paths.config)
     manifest = shards.Manifest.read(Path(atomic.read_json(paths.staged)["path"]))
@@ -263,7 +249,7 @@ def train_until_round(run_dir: Path, until_round: int, engine: str | None = None
     """
     exp = load_experiment(run_dir)
     engine = engine or exp.cfg.engine
-    record_environment(exp.paths, engine)
+    devices.record_environment(exp.paths, engine)
     if isinstance(exp, reconstruction.ReconExperiment):
         return reconstruction.train_until_round(exp, until_round)  # exports after the last round too
     if exp.cfg.algorithm == "sparse_select":
@@ -277,40 +263,6 @@ def train_until_round(run_dir: Path, until_round: int, engine: str | None = None
 
 
 # The packages whose versions decide what a run computes; recorded per run for lineage.
-LINEAGE_PACKAGES = ("tensorflow", "tensorflow-federated", "numpy", "jax", "jaxlib", "dp-accounting", "mlflow")
-
-
-def gpu_names() -> list[str]:
-    """The GPUs TensorFlow sees, by model name (e.g. 'NVIDIA H100 80GB HBM3')."""
-    return [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-            for gpu in tf.config.list_physical_devices("GPU")]
-
-
-def record_environment(run: RunPaths, engine: str = "tff") -> dict:
-    """Writes the TFF environment's package versions, devices, engine and the device the client work
-    trains on to ``tff_env.json`` (each chunk: a resumed run may continue on another machine or engine;
-    the newest record wins). The ``tff`` engine computes in TFF's CPU-only ``worker_binary``."""
-    devices = gpu_names() or ["CPU"]
-    versions = {}
-    for name in LINEAGE_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    env = {
-        "python": platform.python_version(),
-        "packages": versions,
-        "devices": devices,
-        "engine": engine,
-        "train_device": devices[0] if engine == "hybrid" else "CPU (TFF worker_binary)",
-        **({"train_device": f"jax {_jax_device()}"} if engine == "jax" else {}),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "host": platform.node(),
-    }
-    atomic.write_json(run.tff_env, env)
-    return env
-
-
 class RoundRunner:
     """Runs one round on the chosen engine; the hybrid's next cohort is prepared in a background
     thread while the current round trains (input loading overlaps compute)."""
@@ -361,21 +313,6 @@ class RoundRunner:
     def close(self) -> None:
         if self._pool:
             self._pool.shutdown(cancel_futures=True)
-
-
-def _jax_device() -> str:
-    from trainer import jax_engine  # noqa: PLC0415 - imports jax, needed by this engine only
-
-    return jax_engine.device_name()
-
-
-def _gpu_memory_peak_mb() -> dict[str, float]:
-    """Peak memory TensorFlow allocated on the GPU since the last call (empty without a GPU)."""
-    if not tf.config.list_logical_devices("GPU"):
-        return {}
-    peak = tf.config.experimental.get_memory_info("GPU:0")["peak"]
-    tf.config.experimental.reset_memory_stats("GPU:0")
-    return {"gpu_memory_peak_mb": peak / 2**20}
 
 
 def _train(exp: Experiment, until_round: int, engine: str = "tff") -> int:
@@ -446,7 +383,7 @@ def _rounds(exp: Experiment, runner: RoundRunner, state, start_round: int, until
             if heldout:
                 row.update(evaluate_heldout(exp, state, heldout))
         if runner.hybrid:
-            row.update(_gpu_memory_peak_mb())
+            row.update(devices.gpu_memory_peak_mb())
         row["round_seconds"] = time.perf_counter() - start
         row["wall_time"] = time.time()
         metrics_log.append_row(exp.paths.metrics, row)

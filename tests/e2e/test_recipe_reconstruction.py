@@ -7,10 +7,13 @@ from __future__ import annotations
 import shutil
 
 import mlflow
+import pytest
 
 from tasks import paths
 from tasks.sources import download
 from tests.e2e.test_recipe_runs import make_run
+
+pytestmark = pytest.mark.slow
 
 
 def test_make_run_reconstruction_registers_the_item_embeddings_and_checks_the_server_state(tmp_path):

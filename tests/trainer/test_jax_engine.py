@@ -15,7 +15,7 @@ pytest.importorskip("jax")
 from tasks import metrics_log  # noqa: E402 - after the importorskip
 from tests.trainer.conftest import checkpoint  # noqa: E402
 from tests.trainer.test_hybrid import max_abs_difference, run_config, staged  # noqa: E402, F401 - staged: fixture
-from trainer import hybrid, jax_engine, jax_tutorial, program  # noqa: E402
+from trainer import devices, hybrid, jax_engine, jax_tutorial, program  # noqa: E402
 
 # Measured here: 0 - 6e-8 between engines after one round (float32 sums in another order).
 ROUND_TOLERANCE = 1e-6
@@ -84,7 +84,7 @@ def test_a_resumed_jax_run_equals_an_uninterrupted_one(make_run):
     ]
     assert untimed[0] == untimed[1]
     assert (one_go.model / "MLmodel").exists()
-    assert program.record_environment(one_go, "jax")["train_device"].startswith("jax cpu")
+    assert devices.record_environment(one_go, "jax")["train_device"].startswith("jax cpu")
 
 
 def test_the_jax_engine_refuses_a_model_it_cannot_train(make_run):
