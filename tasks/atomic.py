@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,13 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Puts the complete directory ``new`` (written beside ``target``) in ``target``'s place: the old one is
+    renamed aside first and deleted after, so ``target`` is never a half-written directory."""
+    old = target.parent / f".{target.name}-old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

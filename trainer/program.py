@@ -12,7 +12,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -427,11 +426,7 @@ def export_model(exp: Experiment) -> dict:
         # Text models as HDF5: a SavedModel traces every GRU function (about a minute on 2 cores).
         keras_model_kwargs={"save_format": "h5"} if exp.manifest.kind == "text" else None,
     )
-    old = exp.paths.root / f".model-old-{uuid.uuid4().hex[:8]}"
-    if exp.paths.model.exists():
-        exp.paths.model.rename(old)
-    tmp.rename(exp.paths.model)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_dir(tmp, exp.paths.model)
     final = {
         "round": latest.round_num,
         **metrics,

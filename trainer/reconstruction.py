@@ -21,10 +21,8 @@ import collections
 import dataclasses
 import functools
 import logging
-import shutil
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -408,7 +406,7 @@ def export(exp: ReconExperiment) -> dict:
         input_example=example,
         pip_requirements=[f"tensorflow=={tf.__version__}"],
     )
-    _replace_dir(tmp, exp.paths.model)
+    atomic.replace_dir(tmp, exp.paths.model)
     final = {
         "round": latest.round_num,
         **metrics,
@@ -423,14 +421,6 @@ def export(exp: ReconExperiment) -> dict:
     recipe_results.measure(exp)
     log.info("Exported the round-%d item embeddings to %s: %s", latest.round_num, exp.paths.model, final)
     return final
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.parent / f".model-old-{uuid.uuid4().hex[:8]}"
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the recipe's measurement ---------------------------------------------------------------------------------

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -229,7 +227,7 @@ def export(exp: SparseExperiment) -> dict:
         signature=infer_signature(example, model(example).numpy()),
         pip_requirements=[f"tensorflow=={tf.__version__}"],
     )
-    _replace_dir(tmp, exp.paths.model)
+    atomic.replace_dir(tmp, exp.paths.model)
     artifacts = exp.paths.root / "artifacts"
     artifacts.mkdir(exist_ok=True)
     (artifacts / "vocabulary.txt").write_text("\n".join([*exp.data.vocabulary.words, "<oov>"]) + "\n")
@@ -244,14 +242,6 @@ def export(exp: SparseExperiment) -> dict:
     recipe_results.measure(exp)
     log.info("Exported the round-%d table to %s: %s", round_num, exp.paths.model, final)
     return final
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.parent / f".model-old-{uuid.uuid4().hex[:8]}"
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the recipe's measurement ---------------------------------------------------------------------------------
