@@ -21,8 +21,10 @@ CHILD = textwrap.dedent("""
 
 def _grandchild_ignores_sigint(restore: bool) -> bool:
     code = CHILD.format(restore="lifecycle.restore_sigint()" if restore else "")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # The shell ignores SIGINT and execs the child, as `cmd &` does. Not preexec_fn: Python code between fork and
+    # exec in this many-threaded process (TensorFlow, JAX) can crash the forked child (seen: SIGSEGV).
+    done = subprocess.run(["sh", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
     return bool(int(done.stdout.strip(), 16) & (1 << (signal.SIGINT - 1)))
 
 
