@@ -1,11 +1,7 @@
-"""One typed experiment configuration, shared by the DAGs, the step functions and the trainer.
-
-Every field carries its JSON-schema (title, description, bounds, enum, section). The DAG turns that
-schema into Airflow ``Param`` objects, so the trigger form and the REST API validate with exactly the
-rules that :class:`ExperimentConfig` enforces here; defaults live only in this file.
-
-Standard library only: the trainer imports this module inside the TensorFlow environment.
-"""
+"""One typed experiment configuration, shared by the DAGs, the step functions and the trainer. Every field
+carries its JSON-schema (title, description, bounds, enum, section); the DAG turns it into Airflow ``Param``
+objects, so the trigger form and the REST API validate with exactly the rules that :class:`ExperimentConfig`
+enforces here; defaults live only in this file. Standard library only (the trainer imports it too)."""
 
 from __future__ import annotations
 
@@ -16,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# The choices of the fields; other modules import them from here.
-from tasks.config_choices import (  # noqa: F401 - re-exported
+from tasks.config_choices import (  # noqa: F401 - the fields' choices, re-exported: imported from here elsewhere
     AGGREGATORS,
     ALGORITHMS,
     CLIENT_SAMPLING,
